@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine: `make search` (the main job) and `make test`.
+# Each one installs what it needs into .venv first (idempotent, re-run when pyproject.toml changes).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+SPACE  ?= search_spaces/stag_quick.yaml
+# A CPU-only machine gets the CPU wheel of torch (a plain `torch` requirement pulls a multi-GB CUDA
+# build); a machine with an NVIDIA driver gets the default (CUDA) wheel.
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+
+.PHONY: install install-dev search test lint bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+search: $(VENV)/.installed
+	$(PY) -m latent_tune.search $(SPACE) $(ARGS)
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest tests
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(VENV)/.installed-dev
+	$(PY) bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

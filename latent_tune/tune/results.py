@@ -1,0 +1,409 @@
+"""Results of a search: tables, the best model, an experiment-level HParams view, PBT history.
+
+Why: Tune's own `get_dataframe()` has one row per trial and its files are scattered over trial
+dirs; the lab wants one table of every trial x epoch with every hyperparameter (Parquet), the
+best model ready to retrain or evaluate, and all trials comparable in one TensorBoard. Every
+file is written atomically, so a crash mid-export leaves the previous version or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tensorboardX import SummaryWriter
+from tensorboardX.summary import hparams as hparams_summary
+
+from latent_tune.atomic import atomic_dir, atomic_file
+from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX
+from latent_tune.tune.files import (
+    BEST_DIR,
+    BEST_MODEL_FILE,
+    CONFIG_FILE,
+    META_FILE,
+    PBT_HISTORY_FILE,
+    RESULTS_FILE,
+    TRAINER_FILE,
+    TRIALS_FILE,
+)
+from latent_tune.tune.resolve import META_KEY
+
+__all__ = [
+    "BEST_DIR",
+    "PBT_HISTORY_FILE",
+    "RESULTS_FILE",
+    "TRIALS_FILE",
+    "ExportSummary",
+    "TrialRecord",
+    "export_all",
+    "format_ranked",
+    "pbt_history",
+    "rank_trials",
+    "records_from_dir",
+    "records_from_grid",
+    "results_table",
+    "trials_table",
+    "write_hparams_view",
+]
+
+_DROP = {
+    "checkpoint_dir_name",
+    "should_checkpoint",
+    "done",
+    "date",
+    "pid",
+    "hostname",
+    "time_since_restore",
+    "iterations_since_restore",
+    "logdir",
+    "config",
+}
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its per-epoch rows, status, error and latest checkpoint (local path or URI)."""
+
+    trial_id: str
+    rows: pd.DataFrame
+    status: str
+    error: str | None
+    path: str | None
+    checkpoint: Any | None  # ray.tune.Checkpoint
+
+
+def _norm_rows(df: pd.DataFrame | None, trial_id: str, params: Iterable[str]) -> pd.DataFrame:
+    """Tune's flattened history -> one row per epoch with metrics and `<dotted param>` columns."""
+    if df is None or df.empty:
+        return pd.DataFrame({"trial_id": pd.Series([], dtype="string")})
+    df = df.copy()
+    rename: dict[str, str] = {}
+    drop: list[str] = []
+    for col in df.columns:
+        if col.startswith("config/"):
+            key = col[len("config/") :]
+            if key.startswith(META_KEY):
+                drop.append(col)
+            else:
+                rename[col] = key
+        elif col in _DROP:
+            drop.append(col)
+    df = df.drop(columns=drop).rename(columns=rename)
+    df["trial_id"] = trial_id
+    for p in params:
+        if p not in df.columns:
+            df[p] = None
+    if "epoch" not in df.columns:
+        df["epoch"] = df.get("training_iteration", pd.Series(range(1, len(df) + 1)))
+    # a resumed trial repeats the epochs after its last checkpoint: keep the last report
+    df = df.drop_duplicates(subset=["trial_id", "epoch"], keep="last").sort_values("epoch")
+    return df.reset_index(drop=True)
+
+
+def _statuses(grid: Any) -> dict[str, str]:
+    """Trial id -> Tune status (PENDING/RUNNING/PAUSED/TERMINATED/ERROR)."""
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trials = getattr(analysis, "trials", None) or []
+    return {t.trial_id: str(t.status) for t in trials}
+
+
+def records_from_grid(
+    grid: Any, params: Iterable[str], statuses: Mapping[str, str] | None = None
+) -> list[TrialRecord]:
+    """Records from a Tune ResultGrid (works for local and remote storage).
+
+    `statuses` (trial id -> status seen at the last controller step) wins over the grid's,
+    which reports trials stopped by a Ctrl+C as TERMINATED.
+    """
+    params = list(params)
+    statuses = {**_statuses(grid), **(statuses or {})}
+    out: list[TrialRecord] = []
+    for r in grid:
+        tid = (r.metrics or {}).get("trial_id") or (Path(r.path).name if r.path else "?")
+        rows = _norm_rows(r.metrics_dataframe, tid, params)
+        status = statuses.get(tid, "ERROR" if r.error else "TERMINATED")
+        error = None if r.error is None else " ".join(str(r.error).split())[:500]
+        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint))
+    return out
+
+
+def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list[TrialRecord]:
+    """Records rebuilt from the trial dirs' result.json (for `report` on an unexported run)."""
+    out: list[TrialRecord] = []
+    for result_file in sorted(Path(exp_dir).glob("*/result.json")):
+        lines = [json.loads(x) for x in result_file.read_text().splitlines() if x.strip()]
+        if not lines:
+            continue
+        flat = pd.json_normalize(lines, sep="/")
+        flat.columns = [c for c in flat.columns]
+        tid = str(lines[-1].get("trial_id", result_file.parent.name))
+        keys = params or [c[len("config/") :] for c in flat.columns if c.startswith("config/")]
+        rows = _norm_rows(flat, tid, [k for k in keys if not k.startswith(META_KEY)])
+        error_file = result_file.parent / "error.txt"
+        error = error_file.read_text()[:500] if error_file.is_file() else None
+        status = "ERROR" if error else ("TERMINATED" if lines[-1].get("done") else "UNKNOWN")
+        ckpts = sorted(result_file.parent.glob("checkpoint_*"))
+        out.append(
+            TrialRecord(
+                tid, rows, status, error, str(result_file.parent), ckpts[-1] if ckpts else None
+            )
+        )
+    return out
+
+
+def results_table(records: list[TrialRecord]) -> pd.DataFrame:
+    """results.parquet: one row per trial x epoch, every metric and sampled hyperparameter."""
+    frames = [r.rows for r in records if not r.rows.empty]
+    if not frames:
+        return pd.DataFrame(columns=["trial_id", "epoch"])
+    df = pd.concat(frames, ignore_index=True)
+    df = df.drop_duplicates(subset=["trial_id", "epoch"], keep="last")
+    return df.sort_values(["trial_id", "epoch"]).reset_index(drop=True)
+
+
+def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows that may be picked as best: finite objective, not penalised (METHOD.md sec 8).
+
+    Penalised rows carry the penalty objective; `diverged` (an early threshold crossing) is
+    kept in the tables but does not exclude a row, since on small data every rollout crosses.
+    """
+    if metric not in rows.columns or rows.empty:
+        return rows.iloc[0:0]
+    vals = pd.to_numeric(rows[metric], errors="coerce")
+    ok = vals.notna() & vals.map(lambda v: math.isfinite(v) if pd.notna(v) else False)
+    if "penalised" in rows.columns:
+        ok &= ~rows["penalised"].fillna(False).astype(bool)
+    return rows[ok]
+
+
+def trials_table(
+    records: list[TrialRecord], metric: str, mode: str, params: Iterable[str], max_epochs: int
+) -> pd.DataFrame:
+    """trials.parquet: one row per trial with final and best objective, status, config."""
+    params = list(params)
+    rows: list[dict[str, Any]] = []
+    for r in records:
+        last = r.rows.iloc[-1] if not r.rows.empty else None
+        valid = _valid(r.rows, metric)
+        best_val, best_epoch = math.nan, None
+        if not valid.empty:
+            vals = pd.to_numeric(valid[metric])
+            idx = vals.idxmin() if mode == "min" else vals.idxmax()
+            best_val, best_epoch = float(vals[idx]), int(valid.loc[idx, "epoch"])
+        epochs = int(last["epoch"]) if last is not None else 0
+        status = r.status
+        if status == "TERMINATED" and r.error is None:
+            status = "completed" if epochs >= max_epochs else "stopped_early"
+        row: dict[str, Any] = {
+            "trial_id": r.trial_id,
+            "status": status,
+            "epochs": epochs,
+            f"final_{metric}": float(last[metric])
+            if last is not None and metric in last and last[metric] is not None
+            else math.nan,
+            f"best_{metric}": best_val,
+            "best_epoch": best_epoch,
+            "diverged": bool(last["diverged"])
+            if last is not None and "diverged" in last and last["diverged"] == last["diverged"]
+            else False,
+            "node_ip": str(last["node_ip"]) if last is not None and "node_ip" in last else None,
+            "error": r.error,
+            "path": r.path,
+        }
+        for p in params:
+            row[p] = last[p] if last is not None and p in last else None
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    return rank_trials(df, metric, mode)
+
+
+def rank_trials(df: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """Sort by best objective (NaN last) and number the ranks from 1."""
+    col = f"best_{metric}"
+    df = df.sort_values(col, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(_parquet_safe(df), preserve_index=False)
+    with atomic_file(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Mixed-type object columns (a choice of ints and strings) become strings."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype == object:
+            kinds = {type(v) for v in df[col] if v is not None and not _isnan(v)}
+            if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
+                df[col] = df[col].map(lambda v: None if v is None else str(v))
+    return df
+
+
+def pbt_history(exp_dir: Path, params: Iterable[str]) -> pd.DataFrame:
+    """The PBT exploit/explore log (pbt_global.txt) as a table: who cloned whom, old -> new."""
+    path = Path(exp_dir) / "pbt_global.txt"
+    params = list(params)
+    if not path.is_file():
+        return pd.DataFrame()
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        target_tag, donor_tag, target_it, donor_it, donor_cfg, new_cfg = json.loads(line)
+        row: dict[str, Any] = {
+            "step": n,
+            "target_trial": int(str(target_tag).split("_")[0]),
+            "donor_trial": int(str(donor_tag).split("_")[0]),
+            "target_iteration": target_it,
+            "donor_iteration": donor_it,
+        }
+        for p in params:
+            row[f"{p}_donor"] = donor_cfg.get(p)
+            row[p] = new_cfg.get(p)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_hparams_view(
+    exp_dir: Path, trials: pd.DataFrame, params: Iterable[str], metric: str
+) -> None:
+    """An experiment-level HParams summary at the experiment root, so TensorBoard's HParams tab
+    lists every trial (each trial dir holds its own session record under `hparams/`)."""
+    params = list(params)
+    if trials.empty:
+        return
+    first = trials.iloc[0]
+    hp: dict[str, Any] = {}
+    for p in params:
+        v = first.get(p)
+        hp[p] = v if isinstance(v, bool | int | float | str) else str(v)
+    metrics = {
+        HPARAM_METRIC_PREFIX + m: 0.0
+        for m in dict.fromkeys(
+            (
+                metric,
+                f"best_{metric}",
+                "crossval_rollout_mse",
+                "best_crossval_rollout_mse",
+                "crossval_intervening_mse",
+            )
+        )
+    }
+    exp, _, _ = hparams_summary(hp, metrics)
+    for old in Path(exp_dir).glob("events.out.tfevents.*.hparams"):
+        old.unlink(missing_ok=True)
+    writer = SummaryWriter(logdir=str(exp_dir), filename_suffix=".hparams")
+    writer._get_file_writer().add_summary(exp)
+    writer.close()
+
+
+def _export_best(record: TrialRecord, trial_row: Mapping[str, Any], out: Path, metric: str) -> bool:
+    """best/: model weights of the best epoch, full trainer state, config.yaml, summary.json."""
+    if record.checkpoint is None:
+        return False
+    with record.checkpoint.as_directory() as d, atomic_dir(out) as tmp:
+        src = Path(d)
+        for name, dst in (
+            (BEST_MODEL_FILE, "model.pt"),
+            (TRAINER_FILE, "trainer.pt"),
+            (CONFIG_FILE, "config.yaml"),
+            (META_FILE, "checkpoint_meta.json"),
+        ):
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / dst)
+        summary = {
+            "trial_id": record.trial_id,
+            "metric": metric,
+            f"best_{metric}": trial_row.get(f"best_{metric}"),
+            "best_epoch": None
+            if trial_row.get("best_epoch") is None
+            or trial_row.get("best_epoch") != trial_row.get("best_epoch")
+            else int(trial_row["best_epoch"]),
+            "checkpoint": str(getattr(record.checkpoint, "path", record.checkpoint)),
+            "retrain": "python -m latent_tune.train best/config.yaml",
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return True
+
+
+@dataclass
+class ExportSummary:
+    results: pd.DataFrame
+    trials: pd.DataFrame
+    best_trial: str | None
+    best_dir: Path | None
+    pbt_history: pd.DataFrame
+
+
+def export_all(
+    records: list[TrialRecord],
+    out_dir: Path,
+    *,
+    metric: str,
+    mode: str,
+    params: Iterable[str],
+    max_epochs: int,
+    pbt_dir: Path | None = None,
+) -> ExportSummary:
+    """Write results.parquet, trials.parquet, best/, the HParams view and the PBT history."""
+    params = list(params)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = results_table(records)
+    trials = trials_table(records, metric, mode, params, max_epochs)
+    _write_parquet(results, out_dir / RESULTS_FILE)
+    _write_parquet(trials, out_dir / TRIALS_FILE)
+    history = pbt_history(pbt_dir or out_dir, params)
+    if not history.empty:
+        _write_parquet(history, out_dir / PBT_HISTORY_FILE)
+    best_trial, best_dir = None, None
+    if not trials.empty and math.isfinite(float(trials.iloc[0][f"best_{metric}"])):
+        best_trial = str(trials.iloc[0]["trial_id"])
+        rec = next(r for r in records if r.trial_id == best_trial)
+        if _export_best(rec, trials.iloc[0].to_dict(), out_dir / BEST_DIR, metric):
+            best_dir = out_dir / BEST_DIR
+    write_hparams_view(out_dir, trials, params, metric)
+    return ExportSummary(results, trials, best_trial, best_dir, history)
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limit: int = 20) -> str:
+    """A compact ranked table for the console."""
+    params = list(params)
+    if trials.empty:
+        return "(no trials)"
+    cols = ["rank", "trial_id", "status", f"best_{metric}", "best_epoch", "epochs", *params]
+    if "experiment" in trials.columns:
+        cols.insert(1, "experiment")
+    cols = [c for c in cols if c in trials.columns]
+    short = {p: p.split(".")[-1] for p in params}
+    header = [short.get(c, c) for c in cols]
+    body = [[_fmt(row[c]) for c in cols] for _, row in trials.head(limit).iterrows()]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(b, widths)) for b in body]
+    if len(trials) > limit:
+        lines.append(f"... {len(trials) - limit} more in trials.parquet")
+    return "\n".join(lines)

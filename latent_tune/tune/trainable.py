@@ -1,0 +1,161 @@
+"""The body of every bundled Ray trainable: one Trainer, one Tune report per epoch.
+
+Why here and not in `trainables/`: the trainables stay one-line modules (a recipe name and a
+`train(config)`), while the Tune protocol lives in one tested place: checkpoints at every PBT
+perturbation boundary and at the configured cadence, exact restore (after a PBT exploit the
+weights are the donor's, the config is this trial's explored one), scalars only to Tune,
+TensorBoard and an HParams record written by the trial's own writer into its trial dir, and
+everything closed when the trial ends (`reuse_actors=True` runs many trials per process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from ray import tune
+from tensorboardX import SummaryWriter
+
+from latent_tune.training.config import flatten, validate_config
+from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
+from latent_tune.training.trainer import Trainer
+from latent_tune.tune.files import (
+    BEST_MODEL_FILE,
+    CONFIG_FILE,
+    META_FILE,
+    RESTORES_FILE,
+    TRAINER_FILE,
+)
+from latent_tune.tune.resolve import META_KEY, trial_config
+
+__all__ = ["run_trial", "weights_digest"]
+
+_HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
+
+
+def weights_digest(state: Mapping[str, Any]) -> str:
+    """sha256 over the model tensors of a trainer state (or a bare model state dict)."""
+    model = state.get("model", state)
+    h = hashlib.sha256()
+    for key in sorted(model):
+        value = model[key]
+        if isinstance(value, torch.Tensor):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _scalars(report: Mapping[str, Any]) -> dict[str, float | int | bool]:
+    """Only scalars go to Tune (arrays would land in result.json and need Pillow)."""
+    out: dict[str, float | int | bool] = {}
+    for k, v in report.items():
+        if isinstance(v, bool | int | float):
+            out[k] = v
+        elif isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = v.item()
+    return out
+
+
+def _write_checkpoint(
+    trainer: Trainer, out: Path, params: Mapping[str, Any], epoch: int, trial_id: str
+) -> None:
+    trainer.save_checkpoint(out / TRAINER_FILE)
+    torch.save(trainer.best_checkpoint(), out / BEST_MODEL_FILE)
+    (out / CONFIG_FILE).write_text(trainer.config.to_yaml(), encoding="utf-8")
+    state = trainer.state_dict()
+    meta = {
+        "epoch": epoch,
+        "params": dict(params),
+        "digest": weights_digest(state),
+        "trial_id": trial_id,
+        "time": time.time(),
+    }
+    (out / META_FILE).write_text(json.dumps(meta, default=str), encoding="utf-8")
+
+
+def _restore(trainer: Trainer, ckpt: tune.Checkpoint, trial_dir: Path, params: dict) -> None:
+    """Load weights/optimizer/RNG from a checkpoint (maybe a PBT donor's) into this trial."""
+    with ckpt.as_directory() as d:
+        trainer_path = Path(d) / TRAINER_FILE
+        state = torch.load(trainer_path, map_location="cpu", weights_only=True)
+        meta_path = Path(d) / META_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    trainer.load_state_dict(state)
+    record = {
+        "time": time.time(),
+        "epoch": trainer.epoch,
+        "from_trial": meta.get("trial_id"),
+        "from_epoch": meta.get("epoch"),
+        "checkpoint_digest": meta.get("digest"),
+        "loaded_digest": weights_digest(trainer.state_dict()),
+        "params": params,
+        "learning_rate": trainer.config.training.learning_rate,
+        "optimizer_lr": trainer.optimizer.param_groups[0]["lr"],
+    }
+    with open(trial_dir / RESTORES_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def _hparam_values(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, bool | int | float | str) else str(v)) for k, v in params.items()
+    }
+
+
+def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
+    """Train one trial under Tune: resume if a checkpoint is given, report every epoch."""
+    meta = config[META_KEY]
+    params = {k: v for k, v in config.items() if k != META_KEY}
+    base = yaml.safe_load(meta["base"])
+    defaults = flatten(validate_config(base, file=meta["space_file"]))
+    cfg = trial_config(
+        base,
+        params,
+        recipe=recipe or meta.get("recipe"),
+        file=meta["space_file"],
+        defaults=defaults,
+    )
+    params = {k: flatten(cfg)[k] for k in params}  # the coerced values (ints stay ints)
+    torch.set_num_threads(max(1, int(meta.get("cpu", 1))))
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir())
+    trial_id = ctx.get_trial_id()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    every = max(1, int(meta["checkpoint_every"]))
+    interval = int(meta.get("perturbation_interval") or 0)
+    metric = meta.get("metric", "crossval_rollout_mse")
+    trainer = Trainer(cfg, trial_dir, device)
+    writer = SummaryWriter(logdir=str(trial_dir), flush_secs=30, filename_suffix=".hparams")
+    try:
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            _restore(trainer, ckpt, trial_dir, params)
+        metric_names = dict.fromkeys((metric, *_HPARAM_METRICS))
+        write_hparams(writer, _hparam_values(params), dict.fromkeys(metric_names, math.nan))
+        while not trainer.done:
+            report = trainer.train_epoch()
+            metrics = _scalars(report)
+            epoch = int(metrics.get("epoch", trainer.epoch))
+            metrics["epoch"] = epoch
+            for name in metric_names:
+                if name in metrics and math.isfinite(float(metrics[name])):
+                    writer.add_scalar(HPARAM_METRIC_PREFIX + name, float(metrics[name]), epoch)
+            writer.flush()
+            boundary = interval > 0 and epoch % interval == 0
+            if trainer.done or boundary or epoch % every == 0:
+                with tempfile.TemporaryDirectory(prefix="lt-ckpt-") as tmp:
+                    _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            else:
+                tune.report(metrics)
+    finally:
+        writer.close()
+        trainer.close()

@@ -1,0 +1,173 @@
+"""The zarr importer on a small store written in the lab's exact `x_list_0/` layout.
+
+Why: the lab's data are the real target; the importer must carry every value, the stimulus
+(STIMULUS column of the first S neurons), the metadata and the connectome over unchanged, and
+reject broken stores with one clear message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from numcodecs import Blosc
+
+from latent_tune.data.importer_zarr import import_zarr
+from latent_tune.data.reader import Dataset
+from latent_tune.data.simulate import LAB_TYPE_NAMES
+from latent_tune.errors import UserInputError
+
+T, N, S, E = 53, 12, 5, 30
+
+
+def write_lab_store(root: Path, *, seed: int = 0, connectome: bool = True) -> dict[str, np.ndarray]:
+    """`root/x_list_0/{metadata,timeseries}.zarr` (zarr v2, blosc zstd, chunks (t, N, 1)) and
+    `root/edge_index.pt`, `root/weights.pt`, as the lab writes them."""
+    rng = np.random.default_rng(seed)
+    xdir = root / "x_list_0"
+    xdir.mkdir(parents=True)
+    meta = np.zeros((N, 5), dtype=np.float32)
+    meta[:, 0] = np.arange(N)
+    meta[:, 1:3] = rng.normal(size=(N, 2))
+    meta[:, 3] = rng.integers(0, 4, N)
+    meta[:, 4] = np.r_[np.full(S, 23), rng.integers(0, 65, N - S)]  # 23 = R1
+    ts = rng.normal(size=(T, N, 4)).astype(np.float32)
+    comp = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+    m = zarr.create_array(
+        store=str(xdir / "metadata.zarr"),
+        shape=meta.shape,
+        chunks=meta.shape,
+        dtype="float32",
+        zarr_format=2,
+        compressors=comp,
+    )
+    m[...] = meta
+    a = zarr.create_array(
+        store=str(xdir / "timeseries.zarr"),
+        shape=ts.shape,
+        chunks=(20, N, 1),  # the lab uses (2000, N, 1); small here to span several chunks
+        dtype="float32",
+        zarr_format=2,
+        compressors=comp,
+    )
+    a[...] = ts
+    out = {"meta": meta, "ts": ts}
+    if connectome:
+        ei = torch.from_numpy(rng.integers(0, N, size=(2, E)))
+        w = torch.from_numpy(rng.normal(size=E).astype(np.float32))
+        torch.save(ei, root / "edge_index.pt")
+        torch.save(w, root / "weights.pt")
+        out |= {"edge_index": ei.numpy(), "weights": w.numpy()}
+    return out
+
+
+class TestImportZarr(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="lt-zarr-"))
+        self.src = self.tmp / "fly_N9_62_1"
+        self.data = write_lab_store(self.src)
+
+    def tearDown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_round_trip_equals_source(self) -> None:
+        out = import_zarr(self.src, self.tmp / "ds", n_stimulus=S, chunk_steps=7)
+        ds = Dataset.open(out)
+        ts, meta = self.data["ts"], self.data["meta"]
+        self.assertEqual((ds.n_steps, ds.n_neurons, ds.n_stimulus), (T, N, S))
+        self.assertEqual(ds.quantities, ["voltage", "calcium"])
+        np.testing.assert_array_equal(ds.activity("voltage"), ts[:, :, 0])
+        np.testing.assert_array_equal(ds.activity("calcium"), ts[:, :, 2])
+        np.testing.assert_array_equal(ds.stimulus(), ts[:, :S, 1])
+        nt = ds.neurons()
+        np.testing.assert_array_equal(nt.column("index").to_numpy(), meta[:, 0].astype(np.int64))
+        np.testing.assert_array_equal(nt.column("x").to_numpy(), meta[:, 1])
+        np.testing.assert_array_equal(nt.column("y").to_numpy(), meta[:, 2])
+        np.testing.assert_array_equal(nt.column("group").to_numpy(), meta[:, 3].astype(np.int32))
+        np.testing.assert_array_equal(ds.cell_types(), meta[:, 4].astype(np.int64))
+        names = nt.column("type_name").to_pylist()
+        self.assertEqual(names[:S], ["R1"] * S)
+        self.assertEqual(names, [LAB_TYPE_NAMES[int(t)] for t in meta[:, 4]])
+        pre, post, w = ds.connectome()
+        np.testing.assert_array_equal(pre, self.data["edge_index"][0])
+        np.testing.assert_array_equal(post, self.data["edge_index"][1])
+        np.testing.assert_array_equal(w, self.data["weights"])
+        self.assertEqual(ds.header.provenance["columns"]["calcium"], "CALCIUM")
+        ds.check()
+
+    def test_x_list_dir_as_source_and_other_quantity(self) -> None:
+        out = import_zarr(
+            self.src / "x_list_0",
+            self.tmp / "ds",
+            n_stimulus=S,
+            quantities=("fluorescence",),
+            chunk_steps=2000,
+        )
+        ds = Dataset.open(out)
+        np.testing.assert_array_equal(ds.activity("fluorescence"), self.data["ts"][:, :, 3])
+        self.assertEqual(ds.connectome()[0].size, E)  # found beside x_list_0
+
+    def test_without_connectome_and_without_weights(self) -> None:
+        bare = self.tmp / "bare"
+        write_lab_store(bare, connectome=False)
+        ds = Dataset.open(import_zarr(bare, self.tmp / "a", n_stimulus=S))
+        self.assertEqual(ds.connectome()[0].size, 0)
+        (self.src / "weights.pt").unlink()
+        ds = Dataset.open(import_zarr(self.src, self.tmp / "b", n_stimulus=S))
+        np.testing.assert_array_equal(ds.connectome()[2], np.ones(E, dtype=np.float32))
+
+    def _fails(self, needle_file: str, needle: str, **kw) -> UserInputError:
+        with self.assertRaises(UserInputError) as cm:
+            import_zarr(self.src, self.tmp / "out", **{"n_stimulus": S, **kw})
+        msg = str(cm.exception)
+        self.assertIn(needle_file, msg)
+        self.assertIn(needle, msg)
+        self.assertEqual(len(msg.splitlines()), 1)
+        self.assertFalse((self.tmp / "out").exists())
+        return cm.exception
+
+    def test_missing_timeseries(self) -> None:
+        shutil.rmtree(self.src / "x_list_0" / "timeseries.zarr")
+        self._fails("fly_N9_62_1", "timeseries.zarr")
+
+    def test_missing_metadata(self) -> None:
+        shutil.rmtree(self.src / "x_list_0" / "metadata.zarr")
+        self._fails("metadata.zarr", "missing")
+
+    def test_wrong_shapes(self) -> None:
+        xdir = self.src / "x_list_0"
+        shutil.rmtree(xdir / "metadata.zarr")
+        zarr.create_array(
+            store=str(xdir / "metadata.zarr"), shape=(N, 4), dtype="float32", zarr_format=2
+        )[...] = 0
+        self._fails("metadata.zarr", "expected (N, 5)")
+
+    def test_wrong_timeseries_columns(self) -> None:
+        xdir = self.src / "x_list_0"
+        shutil.rmtree(xdir / "timeseries.zarr")
+        zarr.create_array(
+            store=str(xdir / "timeseries.zarr"), shape=(T, N, 3), dtype="float32", zarr_format=2
+        )[...] = 0
+        self._fails("timeseries.zarr", "expected (T, N=12, 4)")
+
+    def test_bad_connectome(self) -> None:
+        torch.save(torch.tensor([[0, 1], [2, N]]), self.src / "edge_index.pt")
+        self._fails("edge_index.pt", "outside [0, 12)")
+        torch.save(torch.zeros(3, 2, dtype=torch.int64), self.src / "edge_index.pt")
+        self._fails("edge_index.pt", "expected (2, E)")
+        torch.save(torch.zeros(2, E, dtype=torch.int64), self.src / "edge_index.pt")
+        torch.save(torch.ones(E + 1), self.src / "weights.pt")
+        self._fails("weights.pt", f"{E + 1} weights for {E} edges")
+
+    def test_bad_arguments(self) -> None:
+        self._fails("-", "n_stimulus", n_stimulus=N + 1)
+        self._fails("-", "unknown quantity", quantities=("spikes",))
+
+
+if __name__ == "__main__":
+    unittest.main()

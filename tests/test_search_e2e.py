@@ -1,0 +1,300 @@
+"""End-to-end searches with a real local Ray on the tiny demo data (one Ray per module).
+
+ASHA + Optuna stops trials early and writes the right files; PBT exploits, keeps explored values
+in bounds, and after an exploit a trial holds the donor's weights with its own explored config;
+Ctrl+C (SIGINT to a subprocess) then --resume finishes without rerunning finished trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+import pandas as pd
+import ray
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from latent_tune.report import main as report_main
+from latent_tune.search import main as search_main
+from latent_tune.training.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "LATENT_TUNE_DASHBOARD": "0",
+}
+TINY = {  # seconds per epoch on one CPU thread
+    "training.epochs": 6,
+    "training.chunks_per_epoch": 1,
+    "training.batches_per_chunk": 15,
+    "evaluation.rollout_steps": 150,
+    "evaluation.starts": 2,
+    "evaluation.divergence_threshold": 100.0,
+    "evaluation.figures_every": 0,
+}
+
+
+def _space(tmp: Path, name: str, **sections) -> Path:
+    d = {
+        "name": name,
+        "trainable": "eed_staggered",
+        "base": "eed_staggered_tiny.yaml",
+        "overrides": dict(TINY),
+        "resources": {"cpu": 0.5},
+    }
+    d.update(sections)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = search_main(argv)
+    return rc, out.getvalue()
+
+
+def _trial_dirs(exp: Path) -> dict[str, Path]:
+    """trial id -> trial dir (read from each trial's result.json)."""
+    out = {}
+    for p in exp.iterdir():
+        lines = (
+            (p / "result.json").read_text().splitlines() if (p / "result.json").is_file() else []
+        )
+        if lines:
+            out[json.loads(lines[0])["trial_id"]] = p
+    return out
+
+
+class SearchE2E(unittest.TestCase):
+    tmp: Path
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        os.environ.update(QUIET)
+        cls.tmp = Path(tempfile.mkdtemp(prefix="lt-e2e-"))
+        old = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, this module
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        if old is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        ray.shutdown()
+
+    def test_asha_optuna(self) -> None:
+        space = _space(
+            self.tmp,
+            "asha",
+            scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            searcher={"type": "optuna", "seed": 0},
+            space={
+                "training.learning_rate": {"loguniform": [3e-4, 1e-2]},
+                "training.evolve_multiple_steps": {"randint": [2, 4]},
+            },
+            trials={"num_samples": 4, "max_concurrent": 2},
+        )
+        storage = self.tmp / "res"
+        rc, out = _run(
+            [
+                str(space),
+                "--storage",
+                str(storage),
+                "--name",
+                "asha",
+                "--set",
+                "trials.num_samples=6",
+            ]
+        )
+        self.assertEqual(rc, 0, out)
+        exp = storage / "asha"
+        self.assertIn("tensorboard --logdir", out)
+        results = pd.read_parquet(exp / "results.parquet")
+        trials = pd.read_parquet(exp / "trials.parquet")
+        self.assertEqual(len(trials), 6)
+        self.assertFalse(results.duplicated(["trial_id", "epoch"]).any())
+        for col in (
+            "crossval_rollout_mse",
+            "training.learning_rate",
+            "training.evolve_multiple_steps",
+            "epoch",
+            "train_loss",
+        ):
+            self.assertIn(col, results.columns)
+        self.assertTrue(
+            results["training.evolve_multiple_steps"]
+            .map(lambda v: isinstance(v, int) or float(v).is_integer())
+            .all()
+        )
+        # ASHA stopped some trials early; at least one ran all epochs
+        self.assertIn("stopped_early", set(trials["status"]))
+        self.assertIn("completed", set(trials["status"]))
+        self.assertEqual(int(trials["epochs"].max()), 6)
+        # best/: retrainable config + best-epoch weights
+        best = trials.iloc[0]
+        cfg = load_config(exp / "best" / "config.yaml")
+        self.assertAlmostEqual(cfg.training.learning_rate, float(best["training.learning_rate"]))
+        self.assertEqual(
+            cfg.training.evolve_multiple_steps, int(best["training.evolve_multiple_steps"])
+        )
+        ck = torch.load(exp / "best" / "model.pt", weights_only=True)
+        self.assertEqual(int(ck["epoch"]), int(best["best_epoch"]))
+        summary = json.loads((exp / "best" / "summary.json").read_text())
+        self.assertEqual(summary["trial_id"], best["trial_id"])
+        # TensorBoard: lab tags + HParams per trial, and the experiment-level HParams file
+        self.assertTrue(list(exp.glob("events.out.tfevents.*.hparams")))
+        tdir = _trial_dirs(exp)[best["trial_id"]]
+        acc = EventAccumulator(str(tdir))
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        self.assertTrue(any(t.startswith("Loss/train_") for t in tags), tags)
+        self.assertIn("hparam/crossval_rollout_mse", tags)
+        self.assertFalse(any(t.startswith("ray/tune") for t in tags))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(report_main([str(exp)]), 0)
+        self.assertIn(str(best["trial_id"]), out.getvalue())
+
+    def test_pbt_exploit(self) -> None:
+        bounds = {"training.learning_rate": (2e-4, 5e-3), "loss.tv_coeff": (1e-6, 1e-2)}
+        space = _space(
+            self.tmp,
+            "pbt",
+            scheduler={
+                "type": "pbt",
+                "perturbation_interval": 2,
+                "quantile_fraction": 0.5,
+                "explore_weight": 0.5,
+            },
+            searcher={"type": "random", "seed": 1},
+            space={
+                "training.learning_rate": {
+                    "loguniform": [3e-4, 3e-3],
+                    "bounds": list(bounds["training.learning_rate"]),
+                },
+                "loss.tv_coeff": {
+                    "loguniform": [1e-5, 1e-3],
+                    "bounds": list(bounds["loss.tv_coeff"]),
+                },
+            },
+            trials={"num_samples": 4, "max_concurrent": 4},
+            checkpoint={"every": 3, "keep": 3},
+        )
+        storage = self.tmp / "res"
+        rc, out = _run([str(space), "--storage", str(storage), "--name", "pbt"])
+        self.assertEqual(rc, 0, out)
+        exp = storage / "pbt"
+        hist = pd.read_parquet(exp / "pbt_history.parquet")
+        self.assertGreater(len(hist), 0)
+        results = pd.read_parquet(exp / "results.parquet")
+        for key, (lo, hi) in bounds.items():
+            self.assertTrue(((hist[key] >= lo) & (hist[key] <= hi)).all(), hist[key])
+            self.assertTrue(((results[key] >= lo) & (results[key] <= hi)).all())
+        # after an exploit: donor's weights, explored config
+        policy = [json.loads(x) for x in (exp / "pbt_global.txt").read_text().splitlines()]
+        explored = [p[5] for p in policy]
+        n_exploits = 0
+        for tid, tdir in _trial_dirs(exp).items():
+            rfile = tdir / "restores.jsonl"
+            if not rfile.is_file():
+                continue
+            for rec in map(json.loads, rfile.read_text().splitlines()):
+                if rec["from_trial"] in (None, tid):
+                    continue
+                n_exploits += 1
+                self.assertEqual(rec["loaded_digest"], rec["checkpoint_digest"])
+                self.assertTrue(
+                    any(
+                        all(abs(e[k] - rec["params"][k]) <= 1e-12 * abs(e[k]) for k in bounds)
+                        for e in explored
+                    ),
+                    rec,
+                )
+                self.assertAlmostEqual(
+                    rec["learning_rate"], rec["params"]["training.learning_rate"]
+                )
+                self.assertAlmostEqual(rec["optimizer_lr"], rec["params"]["training.learning_rate"])
+                self.assertEqual(rec["from_epoch"] % 2, 0)  # checkpoint on the boundary
+        self.assertGreater(n_exploits, 0)
+
+    def test_interrupt_and_resume(self) -> None:
+        space = _space(
+            self.tmp,
+            "intr",
+            scheduler={"type": "fifo"},
+            searcher={"type": "random", "seed": 0},
+            space={"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
+            trials={"num_samples": 4, "max_concurrent": 2},
+            resources={"cpu": 1},
+            stopping={"diverged_patience": 0},
+        )
+        storage = self.tmp / "res"
+        env = {**os.environ, **QUIET, "PYTHONPATH": str(ROOT)}
+        env.pop("RAY_ADDRESS", None)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "latent_tune.search",
+                str(space),
+                "--storage",
+                str(storage),
+                "--name",
+                "intr",
+            ],
+            cwd=self.tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines: list[str] = []
+        try:
+            deadline = time.time() + 240
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if "finished at epoch" in line or time.time() > deadline:
+                    break
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=120)
+            lines.append(rest)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        text = "".join(lines)
+        self.assertEqual(proc.returncode, 130, text)
+        self.assertIn("--resume", text)
+        exp = storage / "intr"
+        done_before = {}
+        for tid, tdir in _trial_dirs(exp).items():
+            rows = [json.loads(x) for x in (tdir / "result.json").read_text().splitlines() if x]
+            if rows and rows[-1]["epoch"] == TINY["training.epochs"]:
+                done_before[tid] = (tdir / "result.json").read_bytes()
+        self.assertTrue(done_before, text)
+        rc, out = _run([str(space), "--storage", str(storage), "--name", "intr", "--resume"])
+        self.assertEqual(rc, 0, out)
+        trials = pd.read_parquet(exp / "trials.parquet")
+        self.assertEqual(len(trials), 4)
+        self.assertTrue((trials["status"] == "completed").all(), trials)
+        for tid, before in done_before.items():
+            self.assertEqual((_trial_dirs(exp)[tid] / "result.json").read_bytes(), before)
+
+
+if __name__ == "__main__":
+    unittest.main()
