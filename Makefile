@@ -38,7 +38,10 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed-dev
-	$(PY) bench/run_all.py
+	mkdir -p bench/out
+	$(PY) bench/bench_interpolation.py --out bench/out/interpolation.json
+	$(PY) bench/bench_training.py --out bench/out/training.json
+	$(PY) bench/bench_service.py > bench/out/service.json
 
 clean-venv:
 	rm -rf $(VENV)
