@@ -176,7 +176,7 @@ def _main(argv: Sequence[str] | None) -> int:
         f"best {metrics['best_crossval_rollout_mse']:.4g} at epoch {metrics['best_epoch']}"
     )
     print(f"run dir: {run_dir}")
-    print(f"view it: tensorboard --logdir {run_dir}")
+    print(f"view it: tensorboard --logdir {run_dir} --host 127.0.0.1")
     return 0
 
 
