@@ -58,6 +58,8 @@ training:
   seed: 234
   compile: false
   tf32: true
+  masked_decode: true
+  bf16: false
 evaluation:
   every: 1
   rollout_steps: 2000
@@ -65,6 +67,8 @@ evaluation:
   divergence_threshold: 1.0
   penalty_factor: 10.0
   figures_every: 5
+  fast: false
+  bf16: false
 """
 
 

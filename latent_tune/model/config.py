@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class MLPConfig(BaseModel):
     """Encoder (and, mirrored, decoder) MLPWithSkips sizes."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     hidden_units: int = Field(256, ge=1)
     hidden_layers: int = Field(1, ge=0)
@@ -19,7 +19,7 @@ class MLPConfig(BaseModel):
 class StimulusEncoderConfig(BaseModel):
     """Stimulus encoder S -> latent_dims (ReLU MLPWithSkips)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     latent_dims: int = Field(64, ge=1)
     hidden_units: int = Field(64, ge=1)
@@ -29,7 +29,7 @@ class StimulusEncoderConfig(BaseModel):
 class EvolverConfig(BaseModel):
     """Residual evolver f: [z, u] -> dz; zero_init makes it the identity at start."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     hidden_units: int = Field(256, ge=1)
     hidden_layers: int = Field(1, ge=0)
@@ -40,7 +40,7 @@ class EvolverConfig(BaseModel):
 class ModelConfig(BaseModel):
     """Whole EED model; the decoder mirrors the encoder (the lab's symmetry rule)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     latent_dims: int = Field(256, ge=1)
     encoder: MLPConfig = Field(default_factory=MLPConfig)

@@ -53,13 +53,21 @@ class MLPWithSkips(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., in_dims) -> (..., out_dims)."""
+        return self.output_layer(self.features(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The output layer's input [a_Lh, P_f x + c_f] (..., 2h), or x itself when Lh = 0.
+
+        Why separate: the masked staggered loss applies ``output_layer`` only to the rows
+        (neurons) that are observed, so it needs the features before that last layer.
+        """
         if self.input_projection is None:
-            return self.output_layer(x)
+            return x
         projections = self.input_projection(x).split(self.hidden_units, dim=-1)
         a = x
         for layer, proj in zip(self.hidden, projections[:-1]):
             a = self.act(layer(torch.cat((a, proj), dim=-1)))
-        return self.output_layer(torch.cat((a, projections[-1]), dim=-1))
+        return torch.cat((a, projections[-1]), dim=-1)
 
     @staticmethod
     def param_count(in_dims: int, out_dims: int, hidden_units: int, hidden_layers: int) -> int:

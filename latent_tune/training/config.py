@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from latent_tune.errors import UserInputError
 from latent_tune.model.config import ModelConfig
+from latent_tune.sanity import check_values, check_yaml_depth
 
 __all__ = [
     "AcquisitionConfig",
@@ -73,7 +74,7 @@ NonNegFloat = Annotated[float, Field(ge=0.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CrossvalEntry(_Strict):
@@ -148,6 +149,11 @@ class TrainingConfig(_Strict):
     seed: int = 234
     compile: bool = False
     tf32: bool = True
+    # Staggered recipe: decode only the observed (b, i) pairs (~1/tu of the output layer's
+    # work, same loss and gradients); False = the dense reference. The aligned recipe ignores it.
+    masked_decode: bool = True
+    # bf16 autocast of the train step's forward on CUDA; a no-op on CPU (and off by default).
+    bf16: bool = False
 
     @property
     def horizon(self) -> int:
@@ -172,6 +178,11 @@ class EvaluationConfig(_Strict):
     divergence_threshold: PositiveFloat = 1.0
     penalty_factor: float = Field(default=10.0, gt=1.0)
     figures_every: NonNegInt = 5  # 0 = never
+    # Rollout fast path on CUDA (4x blocks, torch.compile'd evolver step); CPU: the plain path.
+    fast: bool = False
+    # bf16 autocast of the rollout's model calls on CUDA (latent state and metrics stay float32);
+    # a no-op on CPU.
+    bf16: bool = False
 
 
 class TrainConfig(_Strict):
@@ -236,6 +247,7 @@ class TrainConfig(_Strict):
 
 
 def _parse_yaml_text(text: str, file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    check_yaml_depth(text, file)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -269,6 +281,7 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> TrainConfig:
         raise UserInputError(path, None, "not UTF-8 text") from None
     data = _parse_yaml_text(text, path)
     data = apply_overrides(data, parse_overrides(overrides, file=path), file=path)
+    check_values(data, path)
     return validate_config(data, file=path)
 
 

@@ -4,11 +4,18 @@ Every term comes back separately in a dict (so each is logged as ``Loss/train_<t
 ``total`` their sum. Work is vectorised over batch and neurons: targets and stimuli of the
 window are gathered with index tensors, all H stimulus frames are encoded at once, and the only
 Python loop is over the H time steps of the rollout.
+
+Masked decoding (``staggered_loss(..., masked_decode=True)``): at step k batch element b
+observes exactly the neurons whose phase is (t0_b + k) mod tu, about 1/tu of them. Grouping the
+neurons by phase (``PhaseClasses``, built once per run) turns the decoder's output layer, the
+largest matmul of the step, into one batched matmul of each class's weight rows against the
+(b, k) pairs due for that class: the same loss and gradients with ~1/tu of the work.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +29,12 @@ from latent_tune.training.config import L1Config, LossConfig
 __all__ = [
     "AugSampler",
     "Connectome",
+    "PhaseClasses",
     "aligned_loss",
     "aug_term",
     "l1_term",
     "observation_due",
+    "phase_classes",
     "staggered_loss",
     "tv_term",
 ]
@@ -221,6 +230,92 @@ def _window_stimulus(model: EEDModel, stim: Tensor, t0: Tensor, steps: int) -> T
     return model.encode_stimulus(stim[idx])
 
 
+@dataclass(frozen=True)
+class PhaseClasses:
+    """Neurons grouped by observation phase: row c of ``index`` lists the neurons of phase
+    ``phase[c]`` (empty phases dropped), padded to the largest class with ``valid`` False.
+
+    Why padded: one (C, M) table lets the masked loss decode every class in a single batched
+    matmul (no loop over classes, neurons or batch); with random phases the padding is small.
+    """
+
+    tu: int
+    n_neurons: int
+    phase: Tensor  # (C,) int64
+    index: Tensor  # (C, M) int64 neuron ids (0 where padded)
+    valid: Tensor  # (C, M) bool
+
+    def to(self, device: torch.device | str) -> PhaseClasses:
+        """A copy with the tables on ``device``."""
+        return PhaseClasses(
+            self.tu,
+            self.n_neurons,
+            self.phase.to(device),
+            self.index.to(device),
+            self.valid.to(device),
+        )
+
+
+def phase_classes(acq: Acquisition, device: torch.device | str | None = None) -> PhaseClasses:
+    """Group ``acq``'s neurons by phase mod effective tu (once per run; one host sync)."""
+    tu = acq.effective_tu
+    ph = torch.remainder(acq.phases.detach().to(device="cpu", dtype=torch.int64), tu)
+    n = int(ph.numel())
+    counts = torch.bincount(ph, minlength=tu)
+    present = torch.nonzero(counts).flatten()
+    order = torch.argsort(ph, stable=True)
+    sorted_ph = ph[order]
+    slot = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[sorted_ph]
+    row = torch.full((tu,), -1, dtype=torch.int64)
+    row[present] = torch.arange(present.numel())
+    width = max(int(counts.max()) if n else 0, 1)
+    index = torch.zeros((max(present.numel(), 1), width), dtype=torch.int64)
+    valid = torch.zeros(index.shape, dtype=torch.bool)
+    index[row[sorted_ph], slot] = order
+    valid[row[sorted_ph], slot] = True
+    phase = present if present.numel() else torch.zeros(1, dtype=torch.int64)
+    out = PhaseClasses(tu, n, phase, index, valid)
+    return out.to(device) if device is not None else out
+
+
+def _masked_evolve(
+    model: EEDModel, feats: Tensor, x: Tensor, t0: Tensor, classes: PhaseClasses
+) -> Tensor:
+    """EVOLVE_STAG from the decoder features of all H steps, decoding observed pairs only.
+
+    feats (H, B, F) are the output layer's inputs for z_0..z_{H-1}. Class c is due for b at
+    steps k = ((phase_c - t0_b) mod tu) + j tu, j = 0..ceil(H/tu)-1 (steps >= H masked out);
+    its predictions are one batched matmul (C, B*J, F) x (C, F, M) with the class's weight rows.
+    The sum of squared errors over observed entries / (B*N) equals the sum of the dense
+    per-step means.
+    """
+    horizon, batch, width = feats.shape
+    tu, n_cls = classes.tu, classes.index.shape[0]
+    n_j = -(-horizon // tu)
+    device = feats.device
+    first = torch.remainder(classes.phase.unsqueeze(1) - t0.unsqueeze(0), tu)  # (C, B)
+    k = first.unsqueeze(-1) + tu * torch.arange(n_j, device=device)  # (C, B, J)
+    in_window = k < horizon
+    k = k.clamp_max(horizon - 1)
+    f = feats[k, torch.arange(batch, device=device).view(1, batch, 1)]  # (C, B, J, F)
+    layer = model.decoder.output_layer
+    w = layer.weight[classes.index]  # (C, M, F)
+    bias = (
+        layer.bias[classes.index]
+        if layer.bias is not None
+        else torch.zeros(classes.index.shape, dtype=w.dtype, device=device)
+    )
+    pred = torch.baddbmm(
+        bias.unsqueeze(1), f.reshape(n_cls, batch * n_j, width), w.transpose(1, 2)
+    ).view(n_cls, batch, n_j, -1)  # (C, B, J, M)
+    rows = (t0.view(1, batch, 1) + k).unsqueeze(-1)
+    target = x[rows, classes.index.view(n_cls, 1, 1, -1)]  # (C, B, J, M)
+    ok = in_window.unsqueeze(-1) & classes.valid.view(n_cls, 1, 1, -1)
+    zero = torch.zeros((), dtype=x.dtype, device=device)
+    diff = torch.where(ok, pred - torch.where(ok, target, zero), zero)
+    return diff.square().sum() / (batch * classes.n_neurons)
+
+
 def _aug_active(loss_cfg: LossConfig, aug: AugSampler | None) -> bool:
     return aug is not None and aug.num_neurons > 0 and loss_cfg.aug.coeff > 0
 
@@ -235,6 +330,9 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     horizon: int,
     loss_cfg: LossConfig,
     aug: AugSampler | None = None,
+    *,
+    masked_decode: bool = False,
+    classes: PhaseClasses | None = None,
 ) -> dict[str, Tensor]:
     """Staggered masked loss: only entries really observed at t0+k enter, for k = 0..H-1.
 
@@ -244,6 +342,10 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     Unobserved targets are replaced with torch.where before any arithmetic, so a NaN there
     cannot reach the loss or the gradients. H-1 evolver calls (the lab's last call is unused).
 
+    ``masked_decode`` applies the decoder's output layer to the observed (b, i) pairs only
+    (see the module docstring; ``classes`` from ``phase_classes(acq, device)``, built here when
+    None); the dense path is the reference. Same value and gradients up to float rounding.
+
     Returns ``total, evolve, tv, aug, reg``.
     """
     horizon = int(horizon)
@@ -252,32 +354,45 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     device = x.device
     t0 = t0.to(device=device, dtype=torch.int64)
     tu = acq.effective_tu
-    due = observation_due(t0, acq)  # (B, N)
+    due = None if masked_decode else observation_due(t0, acq)  # (B, N)
     n_calls = horizon - 1
     use_aug = _aug_active(loss_cfg, aug)
     n_stim = max(n_calls, 1 if use_aug else 0)
     u = _window_stimulus(model, stim, t0, n_stim) if n_stim else None
     x_start = x_interp.index_select(0, t0)
-    z = model.encode(x_start)
+    # The latent state stays in the data dtype (bf16 autocast must not round it every step).
+    z = model.encode(x_start).to(x.dtype)
     zero = torch.zeros((), dtype=x.dtype, device=device)
 
     evolve = zero
     tv = zero
     y_one_step: Tensor | None = None
+    zs: list[Tensor] = []
     for k in range(horizon):
-        pred = model.decode(z)
-        if k == 1:
-            y_one_step = pred
-        mask = due == (k % tu)
-        target = x.index_select(0, t0 + k)
-        diff = torch.where(mask, pred - torch.where(mask, target, zero), zero)
-        evolve = evolve + diff.square().mean()
+        if masked_decode:
+            zs.append(z)
+        else:
+            pred = model.decode(z)
+            if k == 1:
+                y_one_step = pred
+            assert due is not None
+            mask = due == (k % tu)
+            target = x.index_select(0, t0 + k)
+            diff = torch.where(mask, pred - torch.where(mask, target, zero), zero)
+            evolve = evolve + diff.square().mean()
         if k < n_calls:
             assert u is not None
             z, dz = model.step(z, u[k])
             if loss_cfg.tv_coeff > 0:
                 tv = tv + dz.abs().mean()
     tv = loss_cfg.tv_coeff * tv
+    if masked_decode:
+        if classes is None:
+            classes = phase_classes(acq, device)
+        feats = model.decoder.features(torch.stack(zs))  # (H, B, F)
+        evolve = _masked_evolve(model, feats, x, t0, classes)
+        if use_aug and horizon > 1:
+            y_one_step = model.decoder.output_layer(feats[1])
 
     aug_val = zero
     if use_aug:

@@ -15,6 +15,7 @@ pretraining and reconstruction warmup are extra epochs (as in the lab) run insid
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -41,6 +42,7 @@ from latent_tune.training.losses import (
     Connectome,
     aligned_loss,
     l1_term,
+    phase_classes,
     staggered_loss,
 )
 from latent_tune.training.tensorboard import TBLogger
@@ -153,6 +155,13 @@ class Trainer:
             conn = Connectome(np.array(pre), np.array(post), n, device=self.device)
             self.aug = AugSampler(conn, cfg.loss.aug.num_neurons, seed=cfg.training.seed + 1)
         self.trace_neurons = _trace_neurons(self.data.cell_types)
+        # Masked decoding (staggered recipe only): neurons grouped by phase once per run.
+        self._stag_kwargs: dict[str, Any] = {}
+        if cfg.recipe == "staggered" and cfg.training.masked_decode:
+            self._stag_kwargs = {
+                "masked_decode": True,
+                "classes": phase_classes(self.acq, self.device),
+            }
         self.loss_fn: Callable[..., dict[str, Tensor]] = (
             staggered_loss if cfg.recipe == "staggered" else aligned_loss
         )
@@ -243,8 +252,23 @@ class Trainer:
     def _loss(self, x: Tensor, xi: Tensor, stim: Tensor, t0: Tensor, horizon: int) -> dict:
         """The recipe's loss terms for one batch (the function torch.compile wraps)."""
         return self.loss_fn(
-            self.model, x, xi, stim, t0, self.acq, horizon, self.config.loss, self.aug
+            self.model,
+            x,
+            xi,
+            stim,
+            t0,
+            self.acq,
+            horizon,
+            self.config.loss,
+            self.aug,
+            **self._stag_kwargs,
         )
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast for the train step's forward when configured and on CUDA, else none."""
+        if self.config.training.bf16 and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _optimize(self, total: Tensor) -> None:
         """Backward, optional grad-norm clipping, Adam step."""
@@ -259,7 +283,8 @@ class Trainer:
     def _main_step(self, horizon: int) -> Callable[[TrainChunk, Tensor], dict[str, Tensor]]:
         def step(chunk: TrainChunk, t0: Tensor) -> dict[str, Tensor]:
             self.optimizer.zero_grad(set_to_none=True)
-            terms = self._step_loss(chunk.x, chunk.x_interp, chunk.stim, t0, horizon)
+            with self._autocast():
+                terms = self._step_loss(chunk.x, chunk.x_interp, chunk.stim, t0, horizon)
             self._optimize(terms["total"])
             return terms
 
@@ -273,16 +298,27 @@ class Trainer:
         if cfg.recipe == "staggered":
             # Horizon 1: the masked loss on the observed entries of the start frame only.
             no_aux = cfg.loss.model_copy(update={"tv_coeff": 0.0, "l1": l1})
-            terms = staggered_loss(
-                self.model, chunk.x, chunk.x_interp, chunk.stim, t0, self.acq, 1, no_aux, None
-            )
+            with self._autocast():
+                terms = staggered_loss(
+                    self.model,
+                    chunk.x,
+                    chunk.x_interp,
+                    chunk.stim,
+                    t0,
+                    self.acq,
+                    1,
+                    no_aux,
+                    None,
+                    **self._stag_kwargs,
+                )
             recon, reg = terms["evolve"], terms["reg"]
         else:
             tu = self.acq.effective_tu
             if tu > 1:  # snap to the observation grid: a simultaneous observed frame
                 t0 = t0 - torch.remainder(t0 - self.acq.phases[0].to(t0.device), tu)
             x0 = chunk.x.index_select(0, t0)
-            recon = (self.model.decode(self.model.encode(x0)) - x0).square().mean()
+            with self._autocast():
+                recon = (self.model.decode(self.model.encode(x0)) - x0).square().mean()
             reg = l1_term(self.model, l1)
         total = recon + reg
         self._optimize(total)
@@ -372,6 +408,8 @@ class Trainer:
             threshold=ev.divergence_threshold,
             need_figures=need_figures,
             trace_neurons=self.trace_neurons if need_figures else None,
+            fast=ev.fast,
+            bf16=ev.bf16,
         )
 
     def objective(self, evals: Mapping[str, DatasetEval]) -> dict[str, float | bool]:
