@@ -28,6 +28,7 @@ import yaml
 from latent_tune.search import main as search_main
 from latent_tune.training.config import apply_overrides, validate_config
 from latent_tune.training.trainer import Trainer
+from latent_tune.tune.cli import start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -158,8 +159,7 @@ def main() -> int:
         RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LATENT_TUNE_DASHBOARD="0"
     )
     tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, include_dashboard=False)  # the search's loopback-only start
     try:
         out = {"overhead": overhead(tmp, args.epochs)}
         if not args.skip_efficiency:

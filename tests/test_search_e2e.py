@@ -28,6 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from latent_tune.report import main as report_main
 from latent_tune.search import main as search_main
 from latent_tune.training.config import load_config
+from latent_tune.tune.cli import start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = {
@@ -87,11 +88,8 @@ class SearchE2E(unittest.TestCase):
     def setUpClass(cls) -> None:
         os.environ.update(QUIET)
         cls.tmp = Path(tempfile.mkdtemp(prefix="lt-e2e-"))
-        old = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, this module
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        if old is None:
-            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+        # the search's own local start: every listener on loopback
+        start_local_ray(num_cpus=2, include_dashboard=False)
 
     @classmethod
     def tearDownClass(cls) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
+from ray._private import ray_constants  # pinned Ray: see _loopback_driver
 from ray.tune import Callback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -37,7 +38,7 @@ from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_search
 from latent_tune.tune.space import find_space_file, load_space
 from latent_tune.tune.stoppers import SearchStopper
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "start_local_ray"]
 
 CONNECT_TIMEOUT_S = float(os.environ.get("LATENT_TUNE_CONNECT_TIMEOUT", "60"))
 _LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keeps a one-node Ray on 127.0.0.1
@@ -46,6 +47,9 @@ _QUIET_ENV = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # we add CSV + JSON; no Tune TBX (own writers)
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "RAY_DEDUP_LOGS": "1",
+    # experiment-state snapshot period: after a SIGKILL of the driver, trials started in the
+    # last few seconds are all that --resume cannot see (Tune's default is about 10 s or more)
+    "TUNE_GLOBAL_CHECKPOINT_S": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "3"),
 }
 
 
@@ -243,6 +247,37 @@ def _init_with_timeout(**kwargs: Any) -> Any:
     return box["ctx"]
 
 
+@contextlib.contextmanager
+def _loopback_driver() -> Iterator[None]:
+    """Make this (already imported) Ray driver choose 127.0.0.1 as its node address."""
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
+
+
+def start_local_ray(runtime_env: dict[str, Any] | None = None, **init_kwargs: Any) -> Any:
+    """Start the one-node Ray of a local search: every listener (GCS, raylet, object manager,
+    dashboard) on loopback only. One function so the security test starts Ray exactly so.
+
+    The environment switch alone is not enough in-process: Ray reads it into
+    `ray_constants.ENABLE_RAY_CLUSTER` when `ray` is imported (before any command runs), so the
+    driver would still pick the machine's external address and Ray's servers bind all
+    interfaces. The started processes read the variable; the driver reads the patched constant.
+    """
+    kwargs: dict[str, Any] = {
+        "include_dashboard": _has_dashboard(),
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": runtime_env,
+        **init_kwargs,  # tests: num_cpus, include_dashboard=False
+    }
+    with _env(_LOCAL_ENV), _loopback_driver():
+        return ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+
+
 def _connect(address: str | None, plan: Plan, storage_given: bool) -> tuple[Any, bool]:
     """Start a local Ray (loopback) or join a cluster. Returns (context, started_locally)."""
     if ray.is_initialized():  # an embedding program (or a test) already connected: use it
@@ -250,16 +285,7 @@ def _connect(address: str | None, plan: Plan, storage_given: bool) -> tuple[Any,
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(_pythonpath())}}
     if address in (None, "local"):
-        with _env(_LOCAL_ENV):
-            ctx = ray.init(
-                address="local",
-                include_dashboard=_has_dashboard(),
-                dashboard_host="127.0.0.1",
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env=runtime_env,
-            )
-        return ctx, True
+        return start_local_ray(runtime_env), True
     if address != "auto":
         _check_reachable(address)
     ctx = _init_with_timeout(
@@ -448,6 +474,18 @@ def _search(args: argparse.Namespace) -> int:
                 ray.shutdown()
 
 
+def _print_failed(trials: Any) -> None:
+    """List trials that failed after all retries (the search still exits 0: it completed)."""
+    if trials.empty or "status" not in trials.columns:
+        return
+    failed = trials[trials["status"] == "ERROR"]
+    if failed.empty:
+        return
+    print(f"\n{len(failed)} of {len(trials)} trials failed (after their retries):")
+    for _, row in failed.iterrows():
+        print(f"  {row['trial_id']}: {row.get('error') or 'unknown error'}")
+
+
 def _run(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
     sp = plan.res.space
     print(f"results:     {plan.exp_path}")
@@ -499,6 +537,7 @@ def _run(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
         )
         print()
         print(format_ranked(summary.trials, sp.objective.metric, params))
+        _print_failed(summary.trials)
         if summary.best_dir is not None:
             print(
                 f"\nbest trial {summary.best_trial}: {summary.best_dir} "

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from latent_tune.errors import UserInputError
+from latent_tune.sanity import check_values, check_yaml_depth
 from latent_tune.training.config import (
     TrainConfig,
     apply_overrides,
@@ -175,12 +176,15 @@ def trial_config(
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        check_yaml_depth(text, path)
+        raw = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         problem = " ".join(str(exc).split())
         raise UserInputError(path, None, f"cannot read config: {problem}") from None
     if not isinstance(raw, dict):
         raise UserInputError(path, None, "expected a mapping at top level")
+    check_values(raw, path)
     return raw
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "TRIALS_FILE",
     "ExportSummary",
     "TrialRecord",
+    "error_text",
     "export_all",
     "format_ranked",
     "pbt_history",
@@ -78,6 +79,7 @@ class TrialRecord:
     error: str | None
     path: str | None
     checkpoint: Any | None  # ray.tune.Checkpoint
+    config: Mapping[str, Any] | None = None  # sampled values (a trial failing at once has no rows)
 
 
 def _norm_rows(df: pd.DataFrame | None, trial_id: str, params: Iterable[str]) -> pd.DataFrame:
@@ -130,9 +132,25 @@ def records_from_grid(
         tid = (r.metrics or {}).get("trial_id") or (Path(r.path).name if r.path else "?")
         rows = _norm_rows(r.metrics_dataframe, tid, params)
         status = statuses.get(tid, "ERROR" if r.error else "TERMINATED")
-        error = None if r.error is None else " ".join(str(r.error).split())[:500]
-        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint))
+        error = None if r.error is None else error_text(r.error)
+        config = {p: (r.config or {}).get(p) for p in params}
+        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint, config))
     return out
+
+
+def error_text(err: BaseException) -> str:
+    """One line naming the trial's own exception (`RuntimeError: CUDA out of memory...`).
+
+    Why: Tune wraps it (RayTaskError / TuneError) with a traceback first, so the first 500
+    characters of str(err) were Ray frames and the actual cause was cut off.
+    """
+    cause = getattr(err, "cause", None) or err.__cause__
+    if isinstance(cause, BaseException):
+        text = f"{type(cause).__name__}: {cause}"
+    else:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        text = lines[-1] if lines else type(err).__name__
+    return " ".join(text.split())[:500]
 
 
 def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list[TrialRecord]:
@@ -219,7 +237,7 @@ def trials_table(
             "path": r.path,
         }
         for p in params:
-            row[p] = last[p] if last is not None and p in last else None
+            row[p] = last[p] if last is not None and p in last else (r.config or {}).get(p)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:

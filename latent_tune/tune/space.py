@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from latent_tune.errors import UserInputError
+from latent_tune.sanity import check_values, check_yaml_depth
 
 __all__ = [
     "DIST_KEYS",
@@ -44,7 +45,7 @@ _ENTRY_KEYS = (*DIST_KEYS, "bounds", "explore_weight")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Number = float | int
@@ -372,6 +373,7 @@ def apply_sets(raw: Any, sets: list[str], file: str | os.PathLike) -> Any:
         parts = key.split(".")
         if not sep or not key or not all(parts):
             raise UserInputError("--set", item, "expected key.path=value")
+        check_yaml_depth(text, "--set")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -407,6 +409,7 @@ def load_space(path: Path, sets: list[str] | None = None) -> SearchSpace:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise UserInputError(path, None, "not UTF-8 text") from None
+    check_yaml_depth(text, path)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -415,4 +418,5 @@ def load_space(path: Path, sets: list[str] | None = None) -> SearchSpace:
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
         raise UserInputError(path, where, f"not valid YAML: {problem}") from None
     raw = apply_sets(raw, list(sets or []), path)
+    check_values(raw, path)
     return parse_space(raw, path)

@@ -1,0 +1,231 @@
+"""Security defaults (issue 5, item 6): nothing a search starts or ships opens the cluster.
+
+Why: anyone who reaches a Ray dashboard / Jobs API / GCS port can run code on the cluster
+(ShadowRay, CVE-2023-48022). So a local search listens on loopback only (checked on the real
+processes), no shipped file binds the dashboard to 0.0.0.0, the cluster files use token auth,
+checkpoints and YAML are loaded safely, and a space's trainable name imports nothing but the
+bundled trainables unless the user wrote an explicit `package.module:function`.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import ipaddress
+import os
+import re
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import ray
+import yaml
+
+from latent_tune.errors import UserInputError
+from latent_tune.tune.cli import _QUIET_ENV, _env, start_local_ray
+from latent_tune.tune.resolve import resolve_trainable
+from trainables import eed_staggered
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_FILES = ("cluster.yaml", "cluster_onprem.yaml")
+# a dashboard / Ray host flag or argument set to every interface
+PUBLIC_BIND = re.compile(
+    r"""(dashboard[-_]host|--host|node[-_]ip[-_]address|bind_all)\s*[=:]?\s*["']?(0\.0\.0\.0|::(?!1))"""
+)
+
+
+def _shipped_files() -> list[Path]:
+    """Tracked files of the kinds the project ships (the tests themselves excluded)."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.split()
+    keep = (".yaml", ".yml", ".py", ".md", ".toml", ".sh", ".cfg")
+    return [
+        ROOT / f
+        for f in out
+        if not f.startswith("tests/") and (f.endswith(keep) or Path(f).name == "Makefile")
+    ]
+
+
+def _descendants(pid: int) -> set[int]:
+    """pid and all its descendants, from /proc (psutil is not a dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = {pid}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return found
+
+
+def _socket_inodes(pids: set[int]) -> set[str]:
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def _decode(hex_addr: str) -> str:
+    """/proc/net/tcp{,6} local address (little-endian words) -> ip string."""
+    raw = bytes.fromhex(hex_addr)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(words))
+
+
+def _listeners(pids: set[int]) -> list[tuple[str, int]]:
+    """(ip, port) of every TCP socket in LISTEN state owned by one of pids."""
+    inodes = _socket_inodes(pids)
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and f[9] in inodes:  # 0A = LISTEN
+                    addr, port = f[1].split(":")
+                    out.append((_decode(addr), int(port, 16)))
+    return out
+
+
+def _is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1, how gRPC binds it)."""
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+class LocalRayLoopback(unittest.TestCase):
+    """Start Ray exactly as a local search does; every listener of its processes is loopback."""
+
+    def test_listeners_are_loopback(self) -> None:
+        self.assertFalse(ray.is_initialized())
+        env = {**_QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        with _env(env):
+            ctx = start_local_ray()
+        try:
+            # start a worker too, so its listeners are counted
+            self.assertEqual(ray.get(ray.remote(lambda: 1).remote(), timeout=120), 1)
+            listeners = _listeners(_descendants(os.getpid()))
+            url = getattr(ctx, "dashboard_url", None)
+        finally:
+            ray.shutdown()
+        self.assertGreaterEqual(len(listeners), 3, listeners)  # GCS, raylet, object manager...
+        public = [(ip, port) for ip, port in listeners if not _is_loopback(ip)]
+        self.assertEqual(public, [], f"Ray listens beyond loopback: {public}")
+        if url:
+            self.assertTrue(url.startswith("127.0.0.1:"), url)
+        self.assertNotIn("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ)  # switch not leaked
+
+
+class ShippedFiles(unittest.TestCase):
+    """Static checks over what the project ships."""
+
+    def test_no_public_dashboard(self) -> None:
+        files = _shipped_files()
+        self.assertTrue(any(f.name == "cluster.yaml" for f in files))
+        bad = [
+            f"{f.relative_to(ROOT)}:{i}: {line.strip()}"
+            for f in files
+            if f.is_file()
+            for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1)
+            if PUBLIC_BIND.search(line)
+        ]
+        self.assertEqual(bad, [])
+
+    def test_cluster_files_use_token_auth_and_loopback_dashboard(self) -> None:
+        for name in CLUSTER_FILES:
+            with self.subTest(name):
+                cfg = yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
+                head = cfg["head_start_ray_commands"]
+                starts = [c for c in head if "ray start" in c]
+                self.assertTrue(starts)
+                for cmd in starts:
+                    self.assertIn("RAY_AUTH_MODE=token", cmd)
+                    self.assertIn("--dashboard-host=127.0.0.1", cmd)
+                workers = [c for c in cfg["worker_start_ray_commands"] if "ray start" in c]
+                self.assertTrue(workers)
+                for cmd in workers:
+                    self.assertIn("RAY_AUTH_MODE=token", cmd)
+                self.assertTrue(any("auth_token" in k for k in cfg.get("file_mounts", {})))
+
+    def test_safe_loading_only(self) -> None:
+        """torch.load always with weights_only=True; YAML only through safe_load/safe_dump."""
+        sources = [
+            p for d in ("latent_tune", "trainables", "bench") for p in (ROOT / d).rglob("*.py")
+        ]
+        self.assertTrue(sources)
+        problems = []
+        for path in sources:
+            tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                    continue
+                owner = node.func.value
+                name = owner.id if isinstance(owner, ast.Name) else None
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                if name == "torch" and node.func.attr == "load":
+                    kw = {k.arg: k.value for k in node.keywords}
+                    flag = kw.get("weights_only")
+                    if not (isinstance(flag, ast.Constant) and flag.value is True):
+                        problems.append(f"{where}: torch.load without weights_only=True")
+                if name == "yaml" and node.func.attr in (
+                    "load",
+                    "load_all",
+                    "full_load",
+                    "full_load_all",
+                    "unsafe_load",
+                    "unsafe_load_all",
+                ):
+                    problems.append(f"{where}: yaml.{node.func.attr} (use yaml.safe_load)")
+                if name == "pickle" and node.func.attr in ("load", "loads"):
+                    problems.append(f"{where}: pickle.{node.func.attr}")
+        self.assertEqual(problems, [])
+
+
+class TrainableNames(unittest.TestCase):
+    """A bare name reaches only trainables/<name>.py; anything else needs `module:function`."""
+
+    def test_bare_names_never_import_other_modules(self) -> None:
+        for name in ("os", "subprocess", "this", "sys", "builtins"):
+            with self.subTest(name):
+                had = name in sys.modules
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out), self.assertRaises(UserInputError) as cm:
+                    resolve_trainable(name, file="space.yaml")
+                self.assertEqual(cm.exception.key, "trainable")
+                self.assertEqual(name in sys.modules, had, f"{name} was imported")
+                self.assertEqual(out.getvalue(), "")
+
+    def test_malformed_names_refused(self) -> None:
+        for name in ("os.system", "../evil", "trainables.eed_staggered", "a:b:c", "x; rm -rf /"):
+            with self.subTest(name), self.assertRaises(UserInputError) as cm:
+                resolve_trainable(name, file="space.yaml")
+            self.assertEqual(cm.exception.key, "trainable")
+
+    def test_bundled_and_explicit_names(self) -> None:
+        self.assertIs(resolve_trainable("eed_staggered"), eed_staggered.train)
+        fn = resolve_trainable("tests.oom_trainable:train")
+        self.assertEqual(fn.__module__, "tests.oom_trainable")
+
+
+if __name__ == "__main__":
+    unittest.main()

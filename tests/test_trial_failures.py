@@ -1,0 +1,131 @@
+"""Trial failures (issue 5, item 3): a trial that runs out of memory is retried, then reported.
+
+Why: on a shared GPU a trial can die of a CUDA OOM at any time. The search must retry it up to
+`trials.max_failures`, then mark it failed with its error in trials.parquet, keep ranking and
+exporting the other trials, and still exit 0 (the search itself completed) while listing the
+failed trials. A real local Ray runs the test-only trainable `tests.oom_trainable:train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import pandas as pd
+import ray
+import yaml
+
+from latent_tune.search import main as search_main
+from tests.oom_trainable import ATTEMPTS_FILE, OOM_LEARNING_RATE
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "LATENT_TUNE_DASHBOARD": "0",
+}
+TINY = {
+    "training.epochs": 2,
+    "training.chunks_per_epoch": 1,
+    "training.batches_per_chunk": 10,
+    "evaluation.rollout_steps": 100,
+    "evaluation.starts": 2,
+    "evaluation.divergence_threshold": 100.0,
+    "evaluation.figures_every": 0,
+}
+MAX_FAILURES = 2
+RATES = [1.0e-3, OOM_LEARNING_RATE, 3.0e-3]
+
+
+class TrialFailures(unittest.TestCase):
+    """One search on one Ray (module scope): three trials, the middle one always OOMs."""
+
+    tmp: Path
+    rc: int
+    out: str
+    exp: Path
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        os.environ.update(QUIET)
+        cls.tmp = Path(tempfile.mkdtemp(prefix="lt-fail-"))
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},  # workers import tests.*
+        )
+        space = {
+            "name": "oom",
+            "trainable": "tests.oom_trainable:train",
+            "base": "eed_staggered_tiny.yaml",
+            "overrides": dict(TINY),
+            "scheduler": {"type": "fifo"},
+            "searcher": {"type": "grid", "seed": 0},
+            "space": {"training.learning_rate": {"grid": RATES}},
+            "trials": {"num_samples": 1, "max_failures": MAX_FAILURES},
+            "resources": {"cpu": 0.5},
+        }
+        path = cls.tmp / "oom.yaml"
+        path.write_text(yaml.safe_dump(space))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cls.rc = search_main([str(path), "--storage", str(cls.tmp / "res"), "--name", "oom"])
+        cls.out = out.getvalue()
+        cls.exp = cls.tmp / "res" / "oom"
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        ray.shutdown()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def trials(self) -> pd.DataFrame:
+        return pd.read_parquet(self.exp / "trials.parquet")
+
+    def test_search_completes_and_names_failures(self) -> None:
+        """Exit 0: the search ran to the end; the failed trial is listed with its error."""
+        self.assertEqual(self.rc, 0, self.out)
+        failed = self.trials().query("status == 'ERROR'")
+        self.assertEqual(len(failed), 1, self.out)
+        self.assertIn("1 of 3 trials failed", self.out)
+        self.assertIn(str(failed.iloc[0]["trial_id"]), self.out)
+        self.assertIn("CUDA out of memory", self.out)
+        self.assertNotIn("resume with", self.out)
+
+    def test_failed_trial_retried_then_recorded(self) -> None:
+        trials = self.trials()
+        self.assertEqual(len(trials), len(RATES))
+        failed = trials[trials["status"] == "ERROR"].iloc[0]
+        self.assertIn("CUDA out of memory", failed["error"])
+        self.assertAlmostEqual(float(failed["training.learning_rate"]), OOM_LEARNING_RATE)
+        self.assertTrue(str(failed["trial_id"]).isascii() and "=" not in failed["trial_id"])
+        attempts = (Path(failed["path"]) / ATTEMPTS_FILE).read_text().splitlines()
+        self.assertEqual(len(attempts), MAX_FAILURES + 1)
+
+    def test_other_trials_and_report_unaffected(self) -> None:
+        trials = self.trials()
+        good = trials[trials["status"] != "ERROR"]
+        self.assertEqual(sorted(good["status"]), ["completed", "completed"])
+        self.assertEqual(
+            sorted(float(v) for v in good["training.learning_rate"]),
+            [RATES[0], RATES[2]],
+        )
+        results = pd.read_parquet(self.exp / "results.parquet")
+        self.assertEqual(set(results["trial_id"]), set(good["trial_id"]))
+        self.assertFalse(results.duplicated(["trial_id", "epoch"]).any())
+        summary = json.loads((self.exp / "best" / "summary.json").read_text())
+        self.assertIn(summary["trial_id"], set(good["trial_id"]))
+        self.assertEqual(trials.iloc[0]["trial_id"], summary["trial_id"])  # ranked first
+        self.assertEqual(trials.iloc[-1]["status"], "ERROR")  # failed trials rank last
+
+
+if __name__ == "__main__":
+    unittest.main()
