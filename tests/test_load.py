@@ -1,0 +1,88 @@
+"""More trials than slots: 12 one-epoch trials on 2 CPUs at 0.5 CPU each (4 at a time, reused
+actors) all finish, each exactly once in trials.parquet and results.parquet.
+
+Why: queueing, actor reuse and the results export must neither drop nor duplicate a trial when
+trials outnumber slots (bench/bench_load.py runs the 32-trial version and measures memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import pandas as pd
+import ray
+import yaml
+
+from latent_tune.search import main as search_main
+from latent_tune.tune.cli import start_local_ray
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "LATENT_TUNE_DASHBOARD": "0",
+}
+TRIALS = 12
+
+
+class Load(unittest.TestCase):
+    tmp: Path
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        os.environ.update(QUIET)
+        cls.tmp = Path(tempfile.mkdtemp(prefix="lt-load-"))
+        # the search's own local start: every listener on loopback
+        start_local_ray(num_cpus=2, include_dashboard=False)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        ray.shutdown()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_more_trials_than_slots(self) -> None:
+        space = {
+            "name": "load",
+            "trainable": "eed_staggered",
+            "base": "eed_staggered_tiny.yaml",
+            "overrides": {
+                "training.epochs": 1,
+                "training.chunks_per_epoch": 1,
+                "training.batches_per_chunk": 10,
+                "evaluation.rollout_steps": 150,
+                "evaluation.starts": 2,
+                "evaluation.figures_every": 0,
+            },
+            "scheduler": {"type": "fifo"},
+            "searcher": {"type": "random", "seed": 0},
+            "space": {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
+            "trials": {"num_samples": TRIALS},
+            "resources": {"cpu": 0.5},
+            "stopping": {"diverged_patience": 0},
+        }
+        path = self.tmp / "load.yaml"
+        path.write_text(yaml.safe_dump(space))
+        storage = self.tmp / "storage"
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            rc = search_main([str(path), "--storage", str(storage), "--name", "load"])
+        self.assertEqual(rc, 0, out.getvalue()[-3000:])
+        trials = pd.read_parquet(storage / "load" / "trials.parquet")
+        self.assertEqual(len(trials), TRIALS, trials)
+        self.assertEqual(trials["trial_id"].nunique(), TRIALS)
+        self.assertEqual(set(trials["status"]), {"completed"}, trials)
+        results = pd.read_parquet(storage / "load" / "results.parquet")
+        self.assertEqual(len(results), TRIALS, results)  # one epoch each, no duplicate rows
+        self.assertEqual(set(results["trial_id"]), set(trials["trial_id"]))
+        lrs = trials["training.learning_rate"]
+        self.assertEqual(lrs.nunique(), TRIALS, "each sampled config ran once")
+
+
+if __name__ == "__main__":
+    unittest.main()
