@@ -18,17 +18,14 @@ import argparse
 import json
 import platform
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from bench_training import random_data, shape_of
+from bench_training import timed as timed_calls
 
-from latent_tune.data.acquisition import make_acquisition
-from latent_tune.data.interpolation import interpolate_staggered
-from latent_tune.data.simulate import PRESETS, build_network
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig, load_config
 from latent_tune.training.evaluate import evaluate_dataset
@@ -39,43 +36,12 @@ CONFIGS = {
     "demo": REPO / "trainables" / "eed_staggered_demo.yaml",
     "lab": REPO / "trainables" / "eed_staggered.yaml",
 }
-LAB_SHAPE = (13_741, 1_736)  # the lab's data: neurons, photoreceptor stimulus inputs
-
-
-def shape_of(size: str) -> tuple[int, int]:
-    """(N, S) of a size: the lab's data, or the demo simulator's network (no simulation)."""
-    if size == "lab":
-        return LAB_SHAPE
-    net = build_network(PRESETS[size], np.random.default_rng(0))
-    return net.n_neurons, net.n_stimulus
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
     """Mean seconds per call over ``repeat`` calls after one warm-up call."""
     fn()
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t0) / max(repeat, 1)
-
-
-def random_data(
-    cfg: TrainConfig, n: int, s: int, rows: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-    """Activity-like random data (T, N), its interpolation, stimulus (T, S), acquisition."""
-    gen = torch.Generator().manual_seed(0)
-    x = (0.3 * torch.randn(rows, n, generator=gen)).to(device)
-    stim = torch.rand(rows, s, generator=gen).to(device)
-    acq = make_acquisition(cfg.acquisition.mode, cfg.training.time_units, n, cfg.acquisition.seed)
-    xi = interpolate_staggered(x, acq.phases, acq.effective_tu, cfg.acquisition.interpolation)
-    return x, xi, stim, acq
+    return timed_calls(fn, device, repeat)
 
 
 def bench_step(
@@ -84,7 +50,7 @@ def bench_step(
     """Seconds per train step, dense vs masked decoding, same model, data and batch starts."""
     tu, horizon, batch = cfg.training.time_units, cfg.horizon, cfg.training.batch_size
     rows = max(4 * (horizon + tu), 512)
-    x, xi, stim, acq = random_data(cfg, n, s, rows, device)
+    x, xi, stim, acq = random_data(cfg, n, s, rows, device, seed=0)
     classes = phase_classes(acq, device)
     torch.manual_seed(0)
     model = EEDModel(n, s, cfg.model).to(device)
@@ -120,7 +86,7 @@ def bench_rollout(
 ) -> dict[str, Any]:
     """One dataset's rollout evaluation (configured starts), plain vs fast."""
     tu, n_starts = cfg.training.time_units, cfg.evaluation.starts
-    x, xi, stim, acq = random_data(cfg, n, s, rollout + 2 * tu + 4 * n_starts + 2, device)
+    x, xi, stim, acq = random_data(cfg, n, s, rollout + 2 * tu + 4 * n_starts + 2, device, seed=0)
     torch.manual_seed(0)
     model = EEDModel(n, s, cfg.model).to(device)
     starts = torch.arange(n_starts, dtype=torch.int64) * 4 + tu
