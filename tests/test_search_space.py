@@ -13,9 +13,18 @@ from pathlib import Path
 
 import ray
 import yaml
+from ray.tune.schedulers import PopulationBasedTraining
+from ray.tune.schedulers.pb2 import PB2
 
+from latent_tune.errors import UserInputError
 from latent_tune.search import main
-from latent_tune.tune.schedulers import BoundedExplore, ExploreSpec, explore_specs
+from latent_tune.tune.schedulers import (
+    BoundedExplore,
+    ExploreSpec,
+    build_scheduler,
+    explore_specs,
+    pb2_bounds,
+)
 from latent_tune.tune.space import apply_sets, parse_space
 from latent_tune.tune.stoppers import SearchStopper
 
@@ -288,3 +297,42 @@ class Stopper(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PopulationSchedulers(unittest.TestCase):
+    """PB2 explores only the continuous parameters; PBT uses Ray's public quantile exploit."""
+
+    def _space(self, scheduler: dict) -> object:
+        raw = _with("searcher/type", "random", _with("scheduler", scheduler))
+        raw["space"] = {
+            "training.learning_rate": {"loguniform": [1e-4, 1e-2], "bounds": [1e-5, 2e-2]},
+            "loss.tv_coeff": {"uniform": [0.0, 0.1]},
+            "training.evolve_multiple_steps": {"randint": [2, 6]},
+            "training.time_units": {"choice": [10, 20]},
+        }
+        return parse_space(raw, "pb2.yaml")
+
+    def test_pb2_bounds_cover_only_continuous_parameters(self) -> None:
+        space = self._space({"type": "pb2", "perturbation_interval": 2})
+        self.assertIsInstance(build_scheduler(space, 10), PB2)
+        bounds = pb2_bounds(space)
+        self.assertEqual(set(bounds), {"training.learning_rate", "loss.tv_coeff"})
+        self.assertEqual(list(bounds["training.learning_rate"]), [1e-5, 2e-2])
+
+    def test_pbt_is_the_public_scheduler(self) -> None:
+        sched = build_scheduler(
+            self._space({"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5}), 10
+        )
+        self.assertIs(type(sched), PopulationBasedTraining)
+
+    def test_tournament_is_refused(self) -> None:
+        raw = _with(
+            "searcher/type",
+            "random",
+            _with(
+                "scheduler", {"type": "pbt", "perturbation_interval": 2, "exploit": "tournament"}
+            ),
+        )
+        with self.assertRaises(UserInputError) as ctx:
+            parse_space(raw, "pbt.yaml")
+        self.assertIn("scheduler", ctx.exception.key or "")

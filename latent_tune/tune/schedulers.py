@@ -2,8 +2,9 @@
 
 Why: Ray's default PBT explore multiplies by 1.2 / 0.8 and never clips to the declared range;
 AutoLFADS showed a bounded, weighted multiplicative explore works. Only public knobs are used
-(`custom_explore_fn`, `quantile_fraction`), except the tournament exploit, which overrides one
-method (`_quantiles`) of the pinned Ray version and is covered by a test.
+(`custom_explore_fn`, `quantile_fraction`); AutoLFADS's binary-tournament exploit would need
+Ray's private `_quantiles`, so the exploit is Ray's quantile rule (0.5 exploits about half the
+population per generation, as a tournament does).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ __all__ = [
     "TIME_ATTR",
     "BoundedExplore",
     "ExploreSpec",
-    "TournamentPBT",
     "build_scheduler",
     "build_searcher",
 ]
@@ -129,40 +129,17 @@ class BoundedExplore:
         return out
 
 
-class TournamentPBT(PopulationBasedTraining):
-    """PBT with a binary-tournament exploit (AutoLFADS): random pairs, the loser clones a winner.
-
-    Ray's quantile exploit is kept for everything else; only the split into losers / winners
-    changes (about half the population is exploited per generation).
-    """
-
-    def __init__(self, *args: Any, tournament_seed: int | None = 0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tournament_rng = random.Random(tournament_seed)
-
-    def _quantiles(self) -> tuple[list, list]:
-        trials = [
-            t
-            for t, state in self._trial_state.items()
-            if state.last_score is not None
-            and not math.isnan(state.last_score)
-            and not t.is_finished()
-        ]
-        if len(trials) <= 1:
-            return [], []
-        self._tournament_rng.shuffle(trials)
-        losers, winners = [], []
-        for a, b in zip(trials[0::2], trials[1::2]):
-            sa, sb = self._trial_state[a].last_score, self._trial_state[b].last_score
-            # last_score is already sign-adjusted by Ray: higher is better
-            win, lose = (a, b) if sa >= sb else (b, a)
-            winners.append(win)
-            losers.append(lose)
-        return losers, winners
-
-
 def explore_specs(space: SearchSpace, default_weight: float) -> dict[str, ExploreSpec]:
     return {k: ExploreSpec.from_entry(e, default_weight) for k, e in space.space.items()}
+
+
+def pb2_bounds(space: SearchSpace) -> dict[str, list[float]]:
+    """PB2's GP bandit explores only the continuous parameters, inside their hard bounds."""
+    return {
+        k: list(e.hard_bounds())  # type: ignore[arg-type]
+        for k, e in space.space.items()
+        if e.is_continuous
+    }
 
 
 def build_scheduler(space: SearchSpace, max_epochs: int) -> TrialScheduler:
@@ -192,19 +169,12 @@ def build_scheduler(space: SearchSpace, max_epochs: int) -> TrialScheduler:
             "resample_probability": 0.0,
             "log_config": True,
         }
-        if sch.exploit == "tournament":
-            return TournamentPBT(tournament_seed=space.searcher.seed, **kwargs)
         return PopulationBasedTraining(**kwargs)
     if sch.type == "pb2":
-        bounds = {
-            k: list(e.hard_bounds())  # type: ignore[arg-type]
-            for k, e in space.space.items()
-            if e.is_continuous
-        }
         return PB2(
             time_attr=TIME_ATTR,
             perturbation_interval=sch.perturbation_interval,
-            hyperparam_bounds=bounds,
+            hyperparam_bounds=pb2_bounds(space),
             quantile_fraction=sch.quantile_fraction,
             log_config=True,
         )

@@ -162,11 +162,11 @@ class _PopulationBased(_Strict):
 
 
 class PbtScheduler(_PopulationBased):
-    """PBT with a bounded multiplicative explore; exploit by quantile or binary tournament."""
+    """PBT with a bounded multiplicative explore; Ray's quantile exploit (public API only)."""
 
     type: Literal["pbt"]
     burn_in: int = Field(default=0, ge=0)  # epochs before the first exploit
-    exploit: Literal["quantile", "tournament"] = "quantile"
+    exploit: Literal["quantile"] = "quantile"
     resample_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     explore_weight: float = Field(default=0.3, gt=0.0, lt=1.0)  # default per-parameter w
 
