@@ -14,6 +14,8 @@ import logging
 import math
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -275,7 +277,20 @@ def start_local_ray(runtime_env: dict[str, Any] | None = None, **init_kwargs: An
         **init_kwargs,  # tests: num_cpus, include_dashboard=False
     }
     with _env(_LOCAL_ENV), _loopback_driver():
-        return ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+        ctx = ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+    _start_watchdog(ctx.address_info["session_dir"])
+    return ctx
+
+
+def _start_watchdog(session_dir: str) -> None:
+    """A small process that stops this session's Ray processes if the driver is killed."""
+    subprocess.Popen(
+        [sys.executable, "-m", "latent_tune.tune.watchdog", str(os.getpid()), session_dir],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # survives a SIGKILL of the driver's process group
+    )
 
 
 def _connect(address: str | None, plan: Plan, storage_given: bool) -> tuple[Any, bool]:
