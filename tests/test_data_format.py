@@ -862,6 +862,15 @@ class DemoCacheTest(TmpDirTest):
             self.assertEqual(ensure_demo_suite("tiny", 2), final)
         Suite.open(final)
 
+    def test_lab_preset_is_not_simulated_on_first_use(self) -> None:
+        cache = self.tmp / "cache"
+        with (
+            mock.patch.dict("os.environ", {"LATENT_TUNE_DATA": str(cache)}),
+            self.assertRaisesRegex(UserInputError, "-: data.suite: the 'lab' preset"),
+        ):
+            ensure_demo_suite("lab", 0)
+        self.assertFalse(cache.exists() and any(cache.iterdir()))
+
     def test_unknown_preset(self) -> None:
         with self.assertRaisesRegex(UserInputError, "-: preset: unknown preset 'huge'"):
             ensure_demo_suite("huge", 0)

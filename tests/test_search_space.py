@@ -10,6 +10,7 @@ import os
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import ray
 import yaml
@@ -191,6 +192,18 @@ class SpaceErrors(unittest.TestCase):
             rc = main(["/nonexistent/nothing_here.yaml", "--dry-run"])
         self.assertEqual(rc, 2)
         self.assertIn("nothing_here.yaml", err.getvalue())
+
+    def test_lab_scale_space_needs_a_suite(self) -> None:
+        """stag.yaml (lab scale) never starts a ~110 GB simulation: exit 2 before Ray."""
+        with tempfile.TemporaryDirectory() as tmp:
+            err = io.StringIO()
+            env = {"LATENT_TUNE_DATA": str(Path(tmp) / "cache")}
+            with mock.patch.dict(os.environ, env), contextlib.redirect_stderr(err):
+                rc = main(["stag.yaml", "--storage", str(Path(tmp) / "res")])
+            self.assertEqual(rc, 2)
+            self.assertIn("stag.yaml: overrides.data.suite: the 'lab' preset", err.getvalue())
+            self.assertEqual(list(Path(tmp).iterdir()), [])
+        self.assertFalse(ray.is_initialized())
 
     def test_dry_run_and_lookup(self) -> None:
         """`spaces/stag.yaml` finds the bundled file; every shipped space validates."""

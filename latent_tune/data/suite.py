@@ -150,6 +150,9 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+NOT_ON_FIRST_USE = ("lab",)  # presets a config must point at explicitly (data.suite)
+
+
 def ensure_demo_suite(preset: str = "demo", seed: int = 0) -> Path:
     """Return the cached demo suite of (preset, seed), simulating it first if needed."""
     if preset not in simulate.PRESETS:
@@ -159,6 +162,14 @@ def ensure_demo_suite(preset: str = "demo", seed: int = 0) -> Path:
     final = demo_suite_dir(preset, seed)
     if (final / SUITE_FILE).is_file() and _is_complete(final):
         return final
+    if preset in NOT_ON_FIRST_USE:  # never start a ~110 GB simulation as a side effect
+        raise UserInputError(
+            None,
+            "data.suite",
+            f"the {preset!r} preset is too large to simulate on first use: give data.suite "
+            "(the lab's data via `python -m latent_tune.data import-zarr`, or a suite made "
+            f"once with `python -m latent_tune.data simulate --preset {preset} --out DIR`)",
+        )
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / f".{final.name}.lock"):

@@ -478,7 +478,11 @@ def _search(args: argparse.Namespace) -> int:
         _print_plan(plan)
         return 0
     if plan.res.base_config.data.suite is None:
-        print(f"demo data: {ensure_demo_suite(plan.res.base_config.data.preset)}", flush=True)
+        try:
+            suite = ensure_demo_suite(plan.res.base_config.data.preset)
+        except UserInputError as exc:  # name the space file: that is where data.suite goes
+            raise UserInputError(plan.res.space_file, "overrides.data.suite", exc.problem) from None
+        print(f"demo data: {suite}", flush=True)
     _, _, storage_given = _storage(args.storage, sp.storage)
     with _env(_QUIET_ENV):
         ctx, local = _connect(args.address, plan, storage_given)
