@@ -1,0 +1,92 @@
+"""A diverging trial (issue 5, item 3): stopped early with the finite penalty, never the best.
+
+Why: a learning rate that blows the model up (NaN loss, exploding rollout) must not crash the
+search, must be reported with the penalty objective rather than NaN, must be stopped by
+`stopping.diverged_patience`, and must never be exported as the best model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import pandas as pd
+import ray
+import yaml
+
+from latent_tune.search import main as search_main
+from latent_tune.tune.cli import start_local_ray
+
+QUIET = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "LATENT_TUNE_DASHBOARD": "0",
+}
+EPOCHS = 4
+GOOD_LR, BAD_LR = 1.0e-3, 1.0e3
+
+
+class DivergingTrial(unittest.TestCase):
+    tmp: Path
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        os.environ.update(QUIET)
+        cls.tmp = Path(tempfile.mkdtemp(prefix="lt-div-"))
+        start_local_ray(num_cpus=2, include_dashboard=False)
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        ray.shutdown()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_diverging_trial_is_penalised_stopped_and_not_best(self) -> None:
+        space = {
+            "name": "div",
+            "trainable": "eed_staggered",
+            "base": "eed_staggered_tiny.yaml",
+            "overrides": {
+                "training.epochs": EPOCHS,
+                "training.chunks_per_epoch": 1,
+                "training.batches_per_chunk": 10,
+                "evaluation.rollout_steps": 100,
+                "evaluation.starts": 2,
+                "evaluation.figures_every": 0,
+            },
+            "scheduler": {"type": "fifo"},
+            "searcher": {"type": "grid", "seed": 0},
+            "space": {"training.learning_rate": {"grid": [GOOD_LR, BAD_LR]}},
+            "trials": {"num_samples": 1},
+            "resources": {"cpu": 1},
+            "stopping": {"diverged_patience": 1},
+        }
+        path = self.tmp / "div.yaml"
+        path.write_text(yaml.safe_dump(space))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = search_main([str(path), "--storage", str(self.tmp / "res"), "--name", "div"])
+        self.assertEqual(rc, 0, out.getvalue())
+        exp = self.tmp / "res" / "div"
+        results = pd.read_parquet(exp / "results.parquet")
+        bad = results[results["training.learning_rate"] == BAD_LR]
+        good = results[results["training.learning_rate"] == GOOD_LR]
+        self.assertTrue(len(bad) > 0 and len(good) == EPOCHS, results)
+        self.assertLess(bad["epoch"].max(), EPOCHS)  # stopped early by the stopper
+        self.assertTrue(bad["penalised"].astype(bool).all(), bad)
+        for value in bad["crossval_rollout_mse"]:  # the finite penalty, never NaN
+            self.assertTrue(math.isfinite(value))
+            self.assertGreater(value, good["crossval_rollout_mse"].max())
+        summary = json.loads((exp / "best" / "summary.json").read_text())
+        self.assertEqual(summary["trial_id"], good["trial_id"].iloc[0])
+
+
+if __name__ == "__main__":
+    unittest.main()
