@@ -22,6 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+# quiet, token-free local Ray for tests (TUNING.md); each test module applies it in setUpClass
+QUIET = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "LATENT_TUNE_DASHBOARD": "0",
+}
 
 __all__ = ["RAY", "ROOT", "LocalCluster", "cluster_env", "descendants", "free_port"]
 

@@ -23,13 +23,8 @@ import yaml
 
 from latent_tune.search import main as search_main
 from latent_tune.tune.cli import start_local_ray
+from tests.ray_cluster import QUIET
 
-QUIET = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "LATENT_TUNE_DASHBOARD": "0",
-}
 EPOCHS = 4
 GOOD_LR, BAD_LR = 1.0e-3, 1.0e3
 

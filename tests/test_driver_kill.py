@@ -27,15 +27,10 @@ import yaml
 
 from latent_tune.search import main as search_main
 from latent_tune.tune.cli import start_local_ray
+from tests.ray_cluster import QUIET
 from tests.test_security import _descendants
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "LATENT_TUNE_DASHBOARD": "0",
-}
 EPOCHS = 12  # long enough that trials are mid-run when the driver dies
 TINY = {
     "training.epochs": EPOCHS,
@@ -137,7 +132,7 @@ class DriverKilled(unittest.TestCase):
         finally:
             if proc.poll() is None:
                 proc.kill()
-            gone_by = time.time() + 20  # Ray, then the watchdog, stop what outlived the driver
+            gone_by = time.time() + 30  # Ray, then the watchdog, stop what outlived the driver
             orphans = []
             while time.time() < gone_by:
                 orphans = sorted(p for p in started - {proc.pid} if _alive(p))

@@ -29,14 +29,9 @@ from latent_tune.report import main as report_main
 from latent_tune.search import main as search_main
 from latent_tune.training.config import load_config
 from latent_tune.tune.cli import start_local_ray
+from tests.ray_cluster import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "LATENT_TUNE_DASHBOARD": "0",
-}
 TINY = {  # seconds per epoch on one CPU thread
     "training.epochs": 6,
     "training.chunks_per_epoch": 1,

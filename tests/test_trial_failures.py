@@ -22,15 +22,11 @@ import ray
 import yaml
 
 from latent_tune.search import main as search_main
+from latent_tune.tune.cli import start_local_ray
 from tests.oom_trainable import ATTEMPTS_FILE, OOM_LEARNING_RATE
+from tests.ray_cluster import QUIET
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "LATENT_TUNE_DASHBOARD": "0",
-}
 TINY = {
     "training.epochs": 2,
     "training.chunks_per_epoch": 1,
@@ -56,11 +52,9 @@ class TrialFailures(unittest.TestCase):
     def setUpClass(cls) -> None:
         os.environ.update(QUIET)
         cls.tmp = Path(tempfile.mkdtemp(prefix="lt-fail-"))
-        ray.init(
-            address="local",
+        start_local_ray(  # the search's loopback-only local start
             num_cpus=2,
             include_dashboard=False,
-            log_to_driver=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},  # workers import tests.*
         )
         space = {
