@@ -186,7 +186,7 @@ class SearchE2E(unittest.TestCase):
                 },
             },
             trials={"num_samples": 4, "max_concurrent": 4},
-            checkpoint={"every": 3, "keep": 3},
+            checkpoint={"keep": 1},  # the pruner must still spare the donor's checkpoint
         )
         storage = self.tmp / "res"
         rc, out = _run([str(space), "--storage", str(storage), "--name", "pbt"])
@@ -224,6 +224,11 @@ class SearchE2E(unittest.TestCase):
                 self.assertAlmostEqual(rec["optimizer_lr"], rec["params"]["training.learning_rate"])
                 self.assertEqual(rec["from_epoch"] % 2, 0)  # checkpoint on the boundary
         self.assertGreater(n_exploits, 0)
+        # no clone lost its donor's checkpoint; retention back to `keep` once the search ends
+        trials = pd.read_parquet(exp / "trials.parquet")
+        self.assertFalse((trials["status"] == "ERROR").any(), trials[["trial_id", "error"]])
+        for tdir in _trial_dirs(exp).values():
+            self.assertEqual(len(list(tdir.glob("checkpoint_*"))), 1, tdir)
 
     def test_interrupt_and_resume(self) -> None:
         space = _space(

@@ -133,7 +133,20 @@ BAD_CASES = [
     ("trainable not importable", _with("trainable", "nosuchpkg.mod:train"), "trainable"),
     ("missing base", _with("base", "nope.yaml"), "base"),
     ("num_samples 0", _with("trials/num_samples", 0), "trials.num_samples"),
-    ("keep < 3", _with("checkpoint", {"keep": 2}), "checkpoint.keep"),
+    ("keep < 1", _with("checkpoint", {"keep": 0}), "checkpoint.keep"),
+    (
+        "pbt checkpoint off boundary",
+        _with(
+            "checkpoint",
+            {"every": 3},
+            _with(
+                "searcher/type",
+                "random",
+                _with("scheduler", {"type": "pbt", "perturbation_interval": 2}),
+            ),
+        ),
+        "checkpoint.every",
+    ),
     ("negative gpu", _with("resources", {"gpu": -1}), "resources.gpu"),
     ("bad name", _with("name", "a b/c"), "name"),
     ("not a mapping", "- 1\n- 2\n", "-"),

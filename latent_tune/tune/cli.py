@@ -33,6 +33,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.errors import UserInputError, run_cli
+from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, preview_trials, total_trials
 from latent_tune.tune.resolve import Resolved, bundled_dir, make_trial_fn, resolve
 from latent_tune.tune.results import export_all, format_ranked, records_from_grid
@@ -443,8 +444,11 @@ def _build_tuner(plan: Plan) -> tuple[tune.Tuner, SearchStopper]:
                 Progress(sp.objective.metric, sp.objective.mode),
                 CSVLoggerCallback(),
                 JsonLoggerCallback(),
+                CheckpointPruner(sp.checkpoint.keep),
             ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=sp.checkpoint.keep),
+            # retention by CheckpointPruner: Ray's num_to_keep can delete a PBT donor's
+            # checkpoint before the exploiting trial has restored from it
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=sp.trials.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),
         ),

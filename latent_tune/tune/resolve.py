@@ -131,7 +131,8 @@ class Resolved:
         return {
             "base": yaml.safe_dump(self.base_dict, sort_keys=False),
             "space_file": str(self.space_file),
-            "checkpoint_every": self.space.checkpoint.every,
+            # population-based: only on boundaries, so PBT's donor checkpoint is the newest
+            "checkpoint_every": interval or self.space.checkpoint.every,
             "perturbation_interval": interval or 0,
             "cpu": self.space.resources.cpu,
             "metric": self.space.objective.metric,

@@ -218,8 +218,8 @@ class Resources(_Strict):
 
 
 class CheckpointSpec(_Strict):
-    every: int = Field(default=1, ge=1)  # epochs (PBT also checkpoints on every boundary)
-    keep: int = Field(default=3, ge=3)  # PBT needs recent checkpoints: at least 3
+    every: int = Field(default=1, ge=1)  # epochs; PBT/PB2: the perturbation interval
+    keep: int = Field(default=3, ge=1)  # newest per trial (plus any a trial will restore)
 
 
 class StoppingSpec(_Strict):
@@ -290,6 +290,14 @@ def _check_cross_rules(sp: SearchSpace) -> tuple[str, str] | None:
             return (f"space.{key}", "not a dotted config path")
     if sp.scheduler.type == "pb2" and not any(e.is_continuous for e in sp.space.values()):
         return ("space", "pb2 needs at least one uniform or loguniform parameter")
+    if sp.population_based and "every" in sp.checkpoint.model_fields_set:
+        interval = sp.scheduler.perturbation_interval  # type: ignore[union-attr]
+        if sp.checkpoint.every != interval:
+            return (
+                "checkpoint.every",
+                f"{sp.scheduler.type} checkpoints on every perturbation boundary "
+                f"(perturbation_interval: {interval}); leave this key out or set it to {interval}",
+            )
     return None
 
 

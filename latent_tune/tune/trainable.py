@@ -1,8 +1,8 @@
 """The body of every bundled Ray trainable: one Trainer, one Tune report per epoch.
 
 Why here and not in `trainables/`: the trainables stay one-line modules (a recipe name and a
-`train(config)`), while the Tune protocol lives in one tested place: checkpoints at every PBT
-perturbation boundary and at the configured cadence, exact restore (after a PBT exploit the
+`train(config)`), while the Tune protocol lives in one tested place: checkpoints at the configured
+cadence (PBT/PB2: exactly on perturbation boundaries), exact restore (after a PBT exploit the
 weights are the donor's, the config is this trial's explored one), scalars only to Tune,
 TensorBoard and an HParams record written by the trial's own writer into its trial dir, and
 everything closed when the trial ends (`reuse_actors=True` runs many trials per process).
@@ -129,8 +129,7 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
     trial_dir = Path(ctx.get_trial_dir())
     trial_id = ctx.get_trial_id()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    every = max(1, int(meta["checkpoint_every"]))
-    interval = int(meta.get("perturbation_interval") or 0)
+    every = max(1, int(meta["checkpoint_every"]))  # PBT/PB2: the perturbation interval
     metric = meta.get("metric", "crossval_rollout_mse")
     trainer = Trainer(cfg, trial_dir, device)
     writer = SummaryWriter(logdir=str(trial_dir), flush_secs=30, filename_suffix=".hparams")
@@ -149,8 +148,7 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
                 if name in metrics and math.isfinite(float(metrics[name])):
                     writer.add_scalar(HPARAM_METRIC_PREFIX + name, float(metrics[name]), epoch)
             writer.flush()
-            boundary = interval > 0 and epoch % interval == 0
-            if trainer.done or boundary or epoch % every == 0:
+            if trainer.done or epoch % every == 0:
                 with tempfile.TemporaryDirectory(prefix="lt-ckpt-") as tmp:
                     _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
