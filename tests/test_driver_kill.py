@@ -26,9 +26,9 @@ import ray
 import yaml
 
 from latent_tune.search import main as search_main
-from latent_tune.tune.cli import start_local_ray
+from latent_tune.tune.cli import LOOPBACK_SWITCH, start_local_ray
 from tests.ray_cluster import QUIET
-from tests.test_security import _descendants
+from tests.test_security import _descendants, _is_loopback, _listeners
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12  # long enough that trials are mid-run when the driver dies
@@ -122,6 +122,7 @@ class DriverKilled(unittest.TestCase):
         exp = storage / "kill"
         env = {**os.environ, **QUIET, "PYTHONPATH": str(ROOT)}
         env.pop("RAY_ADDRESS", None)
+        env.pop(LOOPBACK_SWITCH, None)  # as a user runs it: the command restarts itself with it
         argv = [str(space), "--storage", str(storage), "--name", "kill"]
         proc = subprocess.Popen(
             [sys.executable, "-m", "latent_tune.search", *argv],
@@ -144,6 +145,7 @@ class DriverKilled(unittest.TestCase):
             while time.time() < deadline and not _snapshot_holds_running_checkpoint(exp):
                 time.sleep(0.2)
             started |= _descendants(proc.pid)
+            listeners = _listeners(started)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
@@ -162,6 +164,9 @@ class DriverKilled(unittest.TestCase):
                     os.kill(pid, signal.SIGKILL)
         text = "".join(lines)
         self.assertEqual(proc.returncode, -signal.SIGKILL, text)
+        self.assertGreaterEqual(len(listeners), 3, listeners)  # GCS, raylet, workers...
+        public = [(ip, port) for ip, port in listeners if not _is_loopback(ip)]
+        self.assertEqual(public, [], f"the search's Ray listens beyond loopback: {public}")
         before = _results(exp)
         finished = {
             tid: (d / "result.json").read_bytes()

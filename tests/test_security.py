@@ -24,7 +24,7 @@ import ray
 import yaml
 
 from latent_tune.errors import UserInputError
-from latent_tune.tune.cli import _QUIET_ENV, _env, start_local_ray
+from latent_tune.tune.cli import _QUIET_ENV, LOOPBACK_SWITCH, _env, start_local_ray
 from latent_tune.tune.resolve import resolve_trainable
 from trainables import eed_staggered
 
@@ -133,7 +133,26 @@ class LocalRayLoopback(unittest.TestCase):
         self.assertEqual(public, [], f"Ray listens beyond loopback: {public}")
         if url:
             self.assertTrue(url.startswith("127.0.0.1:"), url)
-        self.assertNotIn("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", os.environ)  # switch not leaked
+
+    def test_refuses_without_the_switch_at_import(self) -> None:
+        """In a process whose `ray` was imported without the switch, no local start at all."""
+        env = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
+        code = (
+            "import sys; from latent_tune.tune.cli import start_local_ray\n"
+            "try:\n    start_local_ray(num_cpus=1, include_dashboard=False)\n"
+            "except Exception as e:\n    print(e); sys.exit(3)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(out.returncode, 3, out.stdout + out.stderr)
+        self.assertIn(LOOPBACK_SWITCH, out.stdout)
 
 
 class ShippedFiles(unittest.TestCase):

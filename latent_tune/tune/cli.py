@@ -27,7 +27,6 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray._private import ray_constants  # pinned Ray: see _loopback_driver
 from ray.tune import Callback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -44,7 +43,10 @@ from latent_tune.tune.stoppers import SearchStopper
 __all__ = ["build_parser", "main", "start_local_ray"]
 
 CONNECT_TIMEOUT_S = float(os.environ.get("LATENT_TUNE_CONNECT_TIMEOUT", "60"))
-_LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # keeps a one-node Ray on 127.0.0.1
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a one-node Ray on 127.0.0.1 only
+# Ray reads the switch once, when `ray` is imported (above): whether this process has it on
+LOOPBACK_AT_IMPORT = os.environ.get(LOOPBACK_SWITCH) == "0"
+_LOCAL_ENV = {LOOPBACK_SWITCH: "0"}  # the processes a local start launches read it themselves
 _QUIET_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",  # we add CSV + JSON; no Tune TBX (own writers)
@@ -250,26 +252,22 @@ def _init_with_timeout(**kwargs: Any) -> Any:
     return box["ctx"]
 
 
-@contextlib.contextmanager
-def _loopback_driver() -> Iterator[None]:
-    """Make this (already imported) Ray driver choose 127.0.0.1 as its node address."""
-    old = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = old
-
-
 def start_local_ray(runtime_env: dict[str, Any] | None = None, **init_kwargs: Any) -> Any:
     """Start the one-node Ray of a local search: every listener (GCS, raylet, object manager,
     dashboard) on loopback only. One function so the security test starts Ray exactly so.
 
-    The environment switch alone is not enough in-process: Ray reads it into
-    `ray_constants.ENABLE_RAY_CLUSTER` when `ray` is imported (before any command runs), so the
-    driver would still pick the machine's external address and Ray's servers bind all
-    interfaces. The started processes read the variable; the driver reads the patched constant.
+    Ray decides its node address from `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read into the
+    driver when `ray` is imported; set later, only the started processes see it and the driver
+    still binds all interfaces. So this process must have had it from the start: the command
+    re-executes itself with it (see `main`), an embedding program or test sets it first.
     """
+    if not LOOPBACK_AT_IMPORT:
+        raise UserInputError(
+            LOOPBACK_SWITCH,
+            None,
+            "a local Ray started in this process would listen on every interface: set "
+            f"{LOOPBACK_SWITCH}=0 before importing ray, or join a cluster with --address",
+        )
     kwargs: dict[str, Any] = {
         "include_dashboard": _has_dashboard(),
         "log_to_driver": False,
@@ -277,10 +275,23 @@ def start_local_ray(runtime_env: dict[str, Any] | None = None, **init_kwargs: An
         "runtime_env": runtime_env,
         **init_kwargs,  # tests: num_cpus, include_dashboard=False
     }
-    with _env(_LOCAL_ENV), _loopback_driver():
+    with _env(_LOCAL_ENV):
         ctx = ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
     _start_watchdog(ctx.address_info["session_dir"])
     return ctx
+
+
+def _needs_loopback_restart(args: argparse.Namespace) -> bool:
+    """This command will start a local Ray, but its `ray` was imported without the switch."""
+    local = (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local"
+    return local and not args.dry_run and not LOOPBACK_AT_IMPORT and not ray.is_initialized()
+
+
+def _restart_with_loopback() -> None:
+    """Replace this process by the same command with the switch set (same PID, ~2 s)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), {**os.environ, **_LOCAL_ENV})
 
 
 def _start_watchdog(session_dir: str) -> None:
@@ -583,6 +594,8 @@ def _run(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m latent_tune.search`."""
+    """Entry point of `python -m latent_tune.search` (argv None) or of an embedding program."""
     args = build_parser().parse_args(argv)
+    if argv is None and _needs_loopback_restart(args):
+        _restart_with_loopback()
     return run_cli(lambda: _search(args))
