@@ -135,6 +135,7 @@ class Resolved:
             "checkpoint_every": interval or self.space.checkpoint.every,
             "perturbation_interval": interval or 0,
             "cpu": self.space.resources.cpu,
+            "gpu": self.space.resources.gpu,
             "metric": self.space.objective.metric,
             "recipe": self.recipe,
         }

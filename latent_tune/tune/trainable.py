@@ -24,7 +24,7 @@ import yaml
 from ray import tune
 from tensorboardX import SummaryWriter
 
-from latent_tune.training.config import flatten, validate_config
+from latent_tune.training.config import TrainConfig, flatten, validate_config
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
 from latent_tune.training.trainer import Trainer
 from latent_tune.tune.files import (
@@ -34,6 +34,7 @@ from latent_tune.tune.files import (
     RESTORES_FILE,
     TRAINER_FILE,
 )
+from latent_tune.tune.gpu_share import claim_gpu_share, explain_gpu_oom, peak_gb
 from latent_tune.tune.resolve import META_KEY, trial_config
 
 __all__ = ["run_trial", "weights_digest"]
@@ -125,12 +126,21 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
     )
     params = {k: flatten(cfg)[k] for k in params}  # the coerced values (ints stay ints)
     torch.set_num_threads(max(1, int(meta.get("cpu", 1))))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    every = max(1, int(meta["checkpoint_every"]))  # PBT/PB2: the perturbation interval
+    metric = meta.get("metric", "crossval_rollout_mse")
+    share = claim_gpu_share(float(meta.get("gpu", 0.0)), device)  # before anything is allocated
+    with explain_gpu_oom(share, device):
+        _train(cfg, params, device, every=every, metric=metric)
+
+
+def _train(
+    cfg: TrainConfig, params: dict[str, Any], device: torch.device, *, every: int, metric: str
+) -> None:
+    """The epoch loop: one report per epoch, a checkpoint every `every` epochs and at the end."""
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
     trial_id = ctx.get_trial_id()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    every = max(1, int(meta["checkpoint_every"]))  # PBT/PB2: the perturbation interval
-    metric = meta.get("metric", "crossval_rollout_mse")
     trainer = Trainer(cfg, trial_dir, device)
     writer = SummaryWriter(logdir=str(trial_dir), flush_secs=30, filename_suffix=".hparams")
     try:
@@ -144,6 +154,9 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
             metrics = _scalars(report)
             epoch = int(metrics.get("epoch", trainer.epoch))
             metrics["epoch"] = epoch
+            peak = peak_gb(device)
+            if peak is not None:
+                metrics["gpu_peak_gb"] = peak  # what this trial needs of a GPU, measured
             for name in metric_names:
                 if name in metrics and math.isfinite(float(metrics[name])):
                     writer.add_scalar(HPARAM_METRIC_PREFIX + name, float(metrics[name]), epoch)
