@@ -1,23 +1,36 @@
-"""Input sanity limits shared by every YAML a user hands us (configs, search spaces).
+"""Reading every YAML a user hands us (configs, search spaces, dataset headers), safely.
 
 Why: a pydantic schema checks types and ranges field by field, but two kinds of bad input slip
 past it or crash before it runs: deeply nested YAML (PyYAML's composer recurses, so
 `[[[[...]]]]` raises RecursionError, a traceback instead of a one-line error) and absurd
 numbers (an epoch count of 1e40, an infinite learning rate) that validate as "positive" and
-then hang or crash a run days later. Both become a `UserInputError` naming the file and key.
+then hang or crash a run days later. Both become a `UserInputError` naming the file and key,
+as do an unreadable file, bytes that are not UTF-8, a syntax error (with its line) and a
+document that is not a mapping: one reader, so every command words them the same way.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from latent_tune.errors import UserInputError
 
-__all__ = ["MAX_ABS_NUMBER", "MAX_DEPTH", "check_values", "check_yaml_depth"]
+__all__ = [
+    "MAX_ABS_NUMBER",
+    "MAX_DEPTH",
+    "check_values",
+    "check_yaml_depth",
+    "load_yaml_mapping",
+    "parse_assignment",
+    "parse_yaml",
+    "parse_yaml_mapping",
+    "read_text",
+]
 
 MAX_DEPTH = 32  # configs nest 4 levels; anything deeper is garbage, not a config
 MAX_ABS_NUMBER = 2**53  # beyond this float64 (JSON, Parquet, Tune) cannot hold an int exactly
@@ -69,3 +82,60 @@ def _walk(node: Any, file: Any, prefix: str, path: set[int], seen: set[int]) -> 
         raise UserInputError(file, prefix or None, f"{node} is not a finite number")
     elif isinstance(node, int | float) and abs(node) > MAX_ABS_NUMBER:
         raise UserInputError(file, prefix or None, "number too large (limit 2**53)")
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A user's file as UTF-8 text; a missing, unreadable or binary file is one clear line."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(path, None, "missing file") from None
+    except OSError as exc:
+        raise UserInputError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(path, None, "not UTF-8 text") from None
+
+
+def parse_yaml(text: str, file: str | os.PathLike[str] | None) -> Any:
+    """`yaml.safe_load` behind the depth limit; a syntax error names its line."""
+    check_yaml_depth(text, file)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise UserInputError(file, where, f"not valid YAML: {problem}") from None
+
+
+def parse_yaml_mapping(text: str, file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """A YAML document that must be a mapping (every config file is one)."""
+    data = parse_yaml(text, file)
+    if data is None:
+        raise UserInputError(file, None, "empty file (expected a mapping)")
+    if not isinstance(data, dict):
+        raise UserInputError(file, None, f"expected a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and parse a YAML file that must hold a mapping."""
+    return parse_yaml_mapping(read_text(path), path)
+
+
+def parse_assignment(item: str, file: str | os.PathLike[str] | None) -> tuple[str, Any]:
+    """A command-line `key.path=value` (the value read as YAML) -> (key, value)."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(key.split(".")):
+        raise UserInputError(file, item, "expected key.path=value")
+    try:
+        check_yaml_depth(text, file)
+    except UserInputError as exc:  # name the key, not "line 1" of a one-line value
+        raise UserInputError(file, key, exc.problem) from None
+    try:
+        return key, yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserInputError(file, key, f"value is not valid YAML: {text!r}") from None

@@ -281,11 +281,20 @@ class TestErrors(ConfigTestCase):
             "tabs.yaml": "a:\n\t- b\n",
             "binary.yaml": b"\xff\xfe\x00garbage\x80",
         }
+        syntax = {"broken.yaml": "line 2", "tabs.yaml": "line 2"}  # the error's line
         for name, text in cases.items():
             with self.subTest(name=name):
                 path = self.write(text, name)
-                err = self.assertUserError(lambda path=path: load_config(path), path, None)
-                self.assertTrue(str(err).startswith(f"{path}: -: "))
+                key = syntax.get(name)
+                err = self.assertUserError(lambda path=path: load_config(path), path, key)
+                self.assertTrue(str(err).startswith(f"{path}: {key or '-'}: "))
+
+    def test_deeply_nested_override_value(self) -> None:
+        """`--set key=[[[[...` was a RecursionError traceback; now one line naming the key."""
+        path = self.write(yaml.safe_dump({"recipe": "staggered"}), "ok.yaml")
+        deep = "training.epochs=" + "[" * 5000
+        err = self.assertUserError(lambda: load_config(path, [deep]), path, "training.epochs")
+        self.assertIn("nested deeper", str(err))
 
     def test_missing_file(self) -> None:
         path = self.tmp / "nope.yaml"

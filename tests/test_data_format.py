@@ -495,7 +495,7 @@ class ValidationTest(TmpDirTest):
                 "garbage yaml",
                 lambda d: (d / HEADER_FILE).write_text("name: [unclosed\n  : {"),
                 HEADER_FILE,
-                None,
+                "line 2",
                 "not valid YAML",
             ),
             (

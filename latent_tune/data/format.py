@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from latent_tune.atomic import atomic_write_text
 from latent_tune.errors import UserInputError
+from latent_tune.sanity import load_yaml_mapping
 
 __all__ = [
     "CONNECTOME_FILE",
@@ -43,7 +44,6 @@ __all__ = [
     "TrainEntry",
     "arrow_file",
     "arrow_schema",
-    "load_yaml_mapping",
     "parse_header",
     "parse_manifest",
     "pydantic_error",
@@ -194,20 +194,6 @@ def pydantic_error(file: str | Path, err: ValidationError) -> UserInputError:
     key = ".".join(str(p) for p in first["loc"]) or None
     msg = first["msg"].removeprefix("Value error, ")
     return UserInputError(file, key, msg)
-
-
-def load_yaml_mapping(path: Path) -> dict[str, Any]:
-    """Read a YAML file that must hold a mapping (safe_load only)."""
-    if not path.is_file():
-        raise UserInputError(path, None, "missing file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        problem = " ".join(str(e).split())
-        raise UserInputError(path, None, f"not valid YAML: {problem}") from e
-    if not isinstance(data, dict):
-        raise UserInputError(path, None, f"expected a mapping, got {type(data).__name__}")
-    return data
 
 
 def parse_header(path: Path) -> DatasetHeader:

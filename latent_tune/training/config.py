@@ -19,7 +19,12 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from latent_tune.errors import UserInputError
 from latent_tune.model.config import ModelConfig
-from latent_tune.sanity import check_values, check_yaml_depth
+from latent_tune.sanity import (
+    check_values,
+    load_yaml_mapping,
+    parse_assignment,
+    parse_yaml_mapping,
+)
 
 __all__ = [
     "AcquisitionConfig",
@@ -239,25 +244,11 @@ class TrainConfig(_Strict):
         cls, text: str, *, file: str | os.PathLike[str] | None = None
     ) -> TrainConfig:
         """Parse YAML text (e.g. a checkpoint's saved config) into a validated config."""
-        return validate_config(_parse_yaml_text(text, file), file=file)
+        return validate_config(parse_yaml_mapping(text, file), file=file)
 
 
 # ---------------------------------------------------------------------------------------------
 # loading, overrides, validation
-
-
-def _parse_yaml_text(text: str, file: str | os.PathLike[str] | None) -> dict[str, Any]:
-    check_yaml_depth(text, file)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        problem = " ".join(str(exc).split())
-        raise UserInputError(file, None, f"not valid YAML: {problem}") from None
-    if data is None:
-        raise UserInputError(file, None, "empty config file (expected a mapping)")
-    if not isinstance(data, dict):
-        raise UserInputError(file, None, f"expected a mapping at top level, got {_kind(data)}")
-    return data
 
 
 def _kind(value: Any) -> str:
@@ -271,15 +262,7 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> TrainConfig:
     ``UserInputError`` naming the file and, where there is one, the dotted key.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserInputError(path, None, f"cannot read config: {exc.strerror or exc}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(path, None, "not UTF-8 text") from None
-    data = _parse_yaml_text(text, path)
+    data = load_yaml_mapping(path)
     data = apply_overrides(data, parse_overrides(overrides, file=path), file=path)
     check_values(data, path)
     return validate_config(data, file=path)
@@ -291,14 +274,8 @@ def parse_overrides(
     """``["a.b=1", "c=[1, 2]"]`` -> ``{"a.b": 1, "c": [1, 2]}`` (values parsed as YAML)."""
     out: dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UserInputError(file, item, "override must look like key.path=value")
-        try:
-            out[key] = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserInputError(file, key, f"override value is not valid YAML: {text!r}") from None
+        key, value = parse_assignment(item, file)
+        out[key] = value
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from latent_tune.errors import UserInputError
-from latent_tune.sanity import check_values, check_yaml_depth
+from latent_tune.sanity import check_values, load_yaml_mapping
 from latent_tune.training.config import (
     TrainConfig,
     apply_overrides,
@@ -177,15 +177,7 @@ def trial_config(
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-        check_yaml_depth(text, path)
-        raw = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        problem = " ".join(str(exc).split())
-        raise UserInputError(path, None, f"cannot read config: {problem}") from None
-    if not isinstance(raw, dict):
-        raise UserInputError(path, None, "expected a mapping at top level")
+    raw = load_yaml_mapping(path)
     check_values(raw, path)
     return raw
 

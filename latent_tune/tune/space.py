@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from latent_tune.errors import UserInputError
-from latent_tune.sanity import check_values, check_yaml_depth
+from latent_tune.sanity import check_values, parse_assignment, parse_yaml, read_text
 
 __all__ = [
     "DIST_KEYS",
@@ -376,18 +375,9 @@ def apply_sets(raw: Any, sets: list[str], file: str | os.PathLike) -> Any:
     if isinstance(out.get("overrides"), dict):
         out["overrides"] = _flatten_overrides(out["overrides"])
     for item in sets:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        parts = key.split(".")
-        if not sep or not key or not all(parts):
-            raise UserInputError("--set", item, "expected key.path=value")
-        check_yaml_depth(text, "--set")
+        key, value = parse_assignment(item, "--set")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise UserInputError("--set", key, f"value is not valid YAML: {text!r}") from None
-        try:
-            _set_path(out, parts, value, section=None)
+            _set_path(out, key.split("."), value, section=None)
         except ValueError as exc:
             raise UserInputError("--set", key, str(exc)) from None
     return out
@@ -409,22 +399,7 @@ def find_space_file(arg: str, bundled_dir: Path | None) -> Path:
 
 def load_space(path: Path, sets: list[str] | None = None) -> SearchSpace:
     """Read, edit with --set, and validate a search-space file."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserInputError(path, None, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UserInputError(path, None, "not UTF-8 text") from None
-    check_yaml_depth(text, path)
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else None
-        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-        raise UserInputError(path, where, f"not valid YAML: {problem}") from None
+    raw = parse_yaml(read_text(path), path)
     raw = apply_sets(raw, list(sets or []), path)
     check_values(raw, path)
     return parse_space(raw, path)
