@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import random_data, shape_of
+from bench_training import device_info, random_data, shape_of
 from bench_training import timed as timed_calls
 
 from latent_tune.model.eed import EEDModel
@@ -129,11 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
     result: dict[str, Any] = {
         "bench": "masked_decode",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **device_info(device),
         "threads": torch.get_num_threads(),
         "sizes": {},
     }

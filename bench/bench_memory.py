@@ -19,14 +19,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import LAB_SHAPE, random_data
+from bench_training import LAB_SHAPE, device_info, random_data
 
 from latent_tune.data.simulate import FAMILIES, PRESETS
 from latent_tune.model.eed import EEDModel
@@ -174,11 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     result = {
         "bench": "memory",
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **device_info(device),
         "shape": {"neurons": n, "stimulus": s, "parameters": n_params},
         "config": {
             "batch_size": cfg.training.batch_size,

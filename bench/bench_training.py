@@ -56,6 +56,16 @@ def shape_of(size: str) -> tuple[int, int]:
     return net.n_neurons, net.n_stimulus
 
 
+def device_info(device: torch.device) -> dict[str, str]:
+    """Which machine a benchmark's numbers come from (every bench JSON names it)."""
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    return {"device": str(device), "device_name": name, "torch": torch.__version__}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -247,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "bench": "training",
         "quick": args.quick,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        **device_info(device),
         "threads": torch.get_num_threads(),
         "sizes": {},
     }
