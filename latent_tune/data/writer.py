@@ -1,10 +1,12 @@
-"""DatasetWriter: build a dataset directory from chunks, with RAM bounded whatever T is.
+"""DatasetWriter: build a dataset directory from chunks, with RAM and disk bounded.
 
-Rows are staged into one memory-mapped float32 buffer per Arrow file (np.memmap inside the
-temporary directory, so dirty pages go to disk, not to anonymous memory). At close each Arrow
-file is written once from a `pa.py_buffer` over its staging map (no copy), the staging file is
-deleted, and the temporary directory is renamed into place. On any error nothing is left at
-the final path.
+Each Arrow file is laid out once, up front, at its final size: pyarrow writes the one-batch
+IPC file from a sparse all-zero memory map (which costs no disk), then the writer maps the
+file's value buffer read-write and `append` fills rows in place. So RAM stays bounded whatever
+T is (dirty pages go to the file, not to anonymous memory) and the disk holds each array once:
+a lab-scale suite (about 120 GB at T = 1e6) no longer needs a second copy at close, as a staged
+write would. The temporary directory is renamed into place at close; on any error nothing is
+left at the final path.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from latent_tune.data.format import (
 
 __all__ = ["DatasetWriter", "write_arrow_from_buffer"]
 
-_STAGING_SUFFIX = ".staging"
+_ZEROS_SUFFIX = ".zeros"  # the sparse source of an Arrow file's initial layout
 
 
 def write_arrow_from_buffer(path: Path, name: str, flat: np.ndarray, width: int) -> None:
@@ -74,35 +76,56 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class _Staging:
-    """One memory-mapped (rows, width) float32 staging buffer in the temp dir."""
+def _values_offset(path: Path) -> int:
+    """Byte offset of the float values of a one-batch FixedSizeList Arrow file."""
+    mm = pa.memory_map(str(path), "r")
+    try:
+        whole = mm.read_buffer(mm.size())
+        mm.seek(0)
+        values = pa.ipc.open_file(mm).get_batch(0).column(0).values
+        return values.buffers()[1].address - whole.address
+    finally:
+        mm.close()
 
-    def __init__(self, path: Path, rows: int, width: int) -> None:
+
+class _ArrowBody:
+    """One Arrow file at its final size, its (rows, width) float32 values mapped read-write."""
+
+    def __init__(self, path: Path, name: str, rows: int, width: int) -> None:
         self.path = path
-        self.rows = rows
         self.width = width
         self.map: np.memmap | None = None
-        if rows * width:
-            self.map = np.memmap(path, dtype=np.float32, mode="w+", shape=(rows * width,))
+        size = rows * width
+        if not size:
+            write_arrow_from_buffer(path, name, np.zeros(0, dtype=np.float32), width)
+            return
+        zeros_path = path.with_name(path.name + _ZEROS_SUFFIX)
+        zeros = np.memmap(zeros_path, dtype=np.float32, mode="w+", shape=(size,))  # sparse
+        try:
+            write_arrow_from_buffer(path, name, zeros, width)
+        finally:
+            _close_map(zeros)
+            zeros_path.unlink(missing_ok=True)
+        self.map = np.memmap(
+            path, dtype=np.float32, mode="r+", offset=_values_offset(path), shape=(size,)
+        )
 
     def write(self, t0: int, block: np.ndarray) -> None:
         if self.map is not None and block.size:
             self.map[t0 * self.width : t0 * self.width + block.size] = block.reshape(-1)
 
-    def flat(self) -> np.ndarray:
-        if self.map is None:
-            return np.zeros(0, dtype=np.float32)
-        return self.map
-
     def release(self) -> None:
         if self.map is not None:
             self.map.flush()
-            mm = getattr(self.map, "_mmap", None)
+            _close_map(self.map)
             self.map = None
-            if mm is not None:
-                with contextlib.suppress(BufferError, ValueError):
-                    mm.close()
-        self.path.unlink(missing_ok=True)
+
+
+def _close_map(m: np.memmap) -> None:
+    mm = getattr(m, "_mmap", None)
+    if mm is not None:
+        with contextlib.suppress(BufferError, ValueError):
+            mm.close()
 
 
 class DatasetWriter:
@@ -139,13 +162,11 @@ class DatasetWriter:
         self._ctx = atomic_dir(self.path)
         self._tmp = self._ctx.__enter__()
         try:
-            self._staging: dict[str, _Staging] = {}
+            self._bodies: dict[str, _ArrowBody] = {}
             for q in self.header.quantities:
-                self._staging[q] = _Staging(
-                    self._tmp / (arrow_file(q) + _STAGING_SUFFIX), n_steps, n_neurons
-                )
-            self._staging[STIMULUS] = _Staging(
-                self._tmp / (arrow_file(STIMULUS) + _STAGING_SUFFIX), n_steps, n_stimulus
+                self._bodies[q] = _ArrowBody(self._tmp / arrow_file(q), q, n_steps, n_neurons)
+            self._bodies[STIMULUS] = _ArrowBody(
+                self._tmp / arrow_file(STIMULUS), STIMULUS, n_steps, n_stimulus
             )
         except BaseException:
             self.abort()
@@ -196,8 +217,8 @@ class DatasetWriter:
             )
         t0 = self._steps_written
         for q, a in blocks.items():
-            self._staging[q].write(t0, a)
-        self._staging[STIMULUS].write(t0, stim)
+            self._bodies[q].write(t0, a)
+        self._bodies[STIMULUS].write(t0, stim)
         self._steps_written += t
 
     def set_neurons(  # noqa: PLR0917 (signature fixed by the contract)
@@ -258,9 +279,8 @@ class DatasetWriter:
                 raise ValueError(
                     f"close: {self._steps_written} rows appended, n_steps = {h.n_steps}"
                 )
-            for name, st in self._staging.items():
-                write_arrow_from_buffer(self._tmp / arrow_file(name), name, st.flat(), st.width)
-                st.release()
+            for body in self._bodies.values():
+                body.release()
             neurons = self._neurons if self._neurons is not None else self._default_neurons()
             pq.write_table(neurons, self._tmp / NEURONS_FILE)
             connectome = self._connectome
@@ -284,9 +304,9 @@ class DatasetWriter:
         if self._closed:
             return
         self._closed = True
-        for st in getattr(self, "_staging", {}).values():
+        for body in getattr(self, "_bodies", {}).values():
             with contextlib.suppress(Exception):
-                st.release()
+                body.release()
         err = RuntimeError("DatasetWriter aborted")
         with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, err, None)
