@@ -10,6 +10,7 @@ import math
 import shutil
 import tempfile
 import unittest
+import weakref
 from pathlib import Path
 
 import torch
@@ -71,6 +72,30 @@ class TestEmsWarmup(unittest.TestCase):
         self.assertEqual(got, [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5, 5])
         self.assertEqual([ems_effective(e, 3, 0) for e in range(3)], [3, 3, 3])
         self.assertEqual([ems_effective(e, 4, 1) for e in range(3)], [1, 4, 4])
+
+
+class TestDeviceMemory(_SuiteCase):
+    def test_one_training_chunk_on_the_device_at_a_time(self) -> None:
+        """A lab chunk is 7.7 GB on the GPU: the old one must be gone before the next loads
+        (the epoch loop's own variable used to keep it, doubling the peak)."""
+        cfg = self.config(
+            "training.epochs=1", "training.chunks_per_epoch=3", "training.batches_per_chunk=1"
+        )
+        t = Trainer(cfg, None, "cpu")
+        load = t.data.chunk
+        loaded: list[weakref.ref] = []
+
+        def chunk(*args, **kwargs):
+            alive = sum(r() is not None for r in loaded)
+            self.assertEqual(alive, 0, "a previous chunk is still referenced")
+            c = load(*args, **kwargs)
+            loaded.append(weakref.ref(c.x))
+            return c
+
+        t.data.chunk = chunk  # type: ignore[method-assign]
+        t.train_epoch()
+        self.assertGreaterEqual(len(loaded), 2)  # distinct chunks were loaded
+        t.close()
 
 
 class TestTrainerState(_SuiteCase):

@@ -247,6 +247,7 @@ class Trainer:
                 for k, v in terms.items():
                     sums[k] = sums[k] + v.detach() if k in sums else v.detach()
                 count += 1
+            del chunk  # only self._chunk may hold it: freed before the next one is made
         return {k: float(v) / max(count, 1) for k, v in sums.items()}
 
     def _loss(self, x: Tensor, xi: Tensor, stim: Tensor, t0: Tensor, horizon: int) -> dict:
@@ -353,6 +354,7 @@ class Trainer:
                     opt.step()
                     total = total + loss.detach()
                     count += 1
+                del stim  # one chunk's stimulus on the device at a time
             self.tb.scalar("StimulusAE/recon", float(total) / max(count, 1), e)
             self.tb.scalar("StimulusAE/epoch_duration", time.perf_counter() - t_start, e)
         self.model.stimulus_encoder.load_state_dict(ae.encoder.state_dict())
