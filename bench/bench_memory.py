@@ -5,13 +5,14 @@
 Why: Ray's fractional `gpu` packs trials on a GPU only as a scheduling token; the search
 spaces' default `resources.gpu` must follow from what a lab trial really holds. A trial keeps
 on its device: the model state (weights, gradients, Adam's two moments: 16 bytes/parameter),
-one training chunk (activity, its interpolation, stimulus: `chunk_steps x (2N + S)` floats),
-the validation and cross-validation sets (the lab preset's ranges, same layout), and on top
-of that the transient of a train step (masked and dense decoding) or of an evaluation. The
-resident parts are exact byte counts; the transients are measured, each in a fresh process:
-on CUDA with `max_memory_allocated`, on a CPU from the kernel's peak-RSS counter (reset
-through /proc/self/clear_refs) with glibc's mmap threshold fixed so freed tensors leave RSS.
-On a CPU the CUDA context itself (about 0.5 GB) is an assumption, stated as such.
+one training chunk (activity and stimulus, `chunk_steps x (N + S)` floats: batches interpolate
+their own start frames), the validation and cross-validation sets (the lab preset's ranges,
+with their interpolation: `rows x (2N + S)`), and on top of that the transient of a train step
+(masked and dense decoding) or of an evaluation. The resident parts are exact byte counts; the
+transients are measured, each in a fresh process: on CUDA with `max_memory_allocated`, on a
+CPU from the kernel's peak-RSS counter (reset through /proc/self/clear_refs) with glibc's mmap
+threshold fixed so freed tensors leave RSS. On a CPU the CUDA context itself (about 0.5 GB) is
+an assumption, stated as such.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from bench_training import LAB_SHAPE, device_info, random_data
 
+from latent_tune.data.interpolation import interpolate_rows
 from latent_tune.data.simulate import FAMILIES, PRESETS
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig, load_config
@@ -44,13 +46,14 @@ _CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # big frees go back to the OS 
 def resident_bytes(cfg: TrainConfig, n: int, s: int, n_params: int) -> dict[str, int]:
     """What a lab trial holds on its device for its whole life, in bytes."""
     lab = PRESETS["lab"]
-    row = (2 * n + s) * 4  # activity + its interpolation + stimulus, float32
+    eval_row = (2 * n + s) * 4  # activity + its interpolation + stimulus, float32
+    train_row = (n + s) * 4  # batches interpolate their own start frames
     val_rows = lab.val_steps
     cv_rows = (lab.crossval_steps - lab.burn_in) * (len(FAMILIES) - 1)
     return {
         "model_state": n_params * 16,
-        "train_chunk": cfg.training.chunk_steps * row,
-        "eval_sets": (val_rows + cv_rows) * row,
+        "train_chunk": cfg.training.chunk_steps * train_row,
+        "eval_sets": (val_rows + cv_rows) * eval_row,
     }
 
 
@@ -117,9 +120,10 @@ def child(what: str, device: torch.device, rollout: int, cfg: TrainConfig) -> di
         def run() -> None:
             t0 = torch.randint(tu, rows - horizon - 1, (batch,), generator=gen).to(device)
             opt.zero_grad(set_to_none=True)
+            start = interpolate_rows(x, t0, acq.phases, acq.effective_tu, "linear")
             terms = staggered_loss(
-                model, x, xi, stim, t0, acq, horizon, cfg.loss, None,
-                masked_decode=what == "masked", classes=classes,
+                model, x, None, stim, t0, acq, horizon, cfg.loss, None,
+                masked_decode=what == "masked", classes=classes, x_start=start,
             )  # fmt: skip
             terms["total"].backward()
             opt.step()

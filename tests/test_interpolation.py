@@ -7,7 +7,7 @@ import unittest
 import torch
 
 from latent_tune.data.acquisition import make_acquisition
-from latent_tune.data.interpolation import interpolate_staggered
+from latent_tune.data.interpolation import interpolate_rows, interpolate_staggered
 
 
 def reference(x: torch.Tensor, phases: torch.Tensor, tu: int, mode: str) -> torch.Tensor:
@@ -148,6 +148,31 @@ class TestInterpolation(unittest.TestCase):
             gpu = interpolate_staggered(x.float().cuda(), phases, 20, mode)
             self.assertEqual(gpu.device.type, "cuda")
             torch.testing.assert_close(gpu.cpu(), cpu)
+
+
+class TestInterpolateRows(unittest.TestCase):
+    """Training's start frames computed alone equal the whole chunk's interpolation, bitwise."""
+
+    def test_equals_rows_of_the_full_interpolation(self) -> None:
+        for tu, n_rows in ((1, 9), (2, 31), (3, 10), (7, 64), (20, 333), (20, 20)):
+            for mode in ("linear", "hold"):
+                for dtype in (torch.float32, torch.float64):
+                    with self.subTest(tu=tu, n_rows=n_rows, mode=mode, dtype=dtype):
+                        x, phases = staggered(n_rows, 37, tu, tu * 1000 + n_rows)
+                        x = x.to(dtype)
+                        full = interpolate_staggered(x, phases, tu, mode)
+                        rows = torch.arange(n_rows).flip(0)  # any order, edges included
+                        got = interpolate_rows(x, rows, phases, tu, mode)
+                        self.assertTrue(torch.equal(got, full[rows]))
+
+    def test_never_reads_unobserved_values(self) -> None:
+        tu, n_rows = 7, 64
+        x, phases = staggered(n_rows, 37, tu, 5)
+        poisoned = torch.where(observed_mask(n_rows, phases, tu), x, float("nan"))
+        rows = torch.tensor([0, 6, 7, 30, 63])
+        for mode in ("linear", "hold"):
+            got = interpolate_rows(poisoned, rows, phases, tu, mode)
+            self.assertTrue(torch.equal(got, interpolate_rows(x, rows, phases, tu, mode)))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,44 @@ def interpolate_staggered(
     return out
 
 
+def interpolate_rows(
+    x: torch.Tensor,
+    rows: torch.Tensor,
+    phases: torch.Tensor,
+    tu: int,
+    mode: Literal["linear", "hold"] = "linear",
+) -> torch.Tensor:
+    """`interpolate_staggered(x, phases, tu, mode)[rows]`, computing only those rows.
+
+    Why: training needs the interpolated frame only at each batch's start row, so a training
+    chunk need not hold a second (T, N) array (3.6 GB of GPU memory at lab size); a batch of B
+    start frames costs two (B, N) gathers and a lerp. Same edge rules, same values (bitwise on
+    the same device: the same lerp on the same operands).
+    """
+    if mode not in INTERPOLATION_MODES:
+        raise ValueError(f"unknown interpolation mode {mode!r}; expected {INTERPOLATION_MODES}")
+    n_rows, n_neurons = x.shape
+    t = rows.to(device=x.device, dtype=torch.int64).reshape(-1, 1)  # (R, 1)
+    tu = int(tu)
+    if tu == 1 or n_neurons == 0:
+        return x.index_select(0, t.reshape(-1))
+    phi = phases.to(device=x.device, dtype=torch.int64).reshape(1, -1)  # (1, N)
+    last = phi + torch.div(n_rows - 1 - phi, tu, rounding_mode="floor") * tu
+    k = torch.div(t, tu, rounding_mode="floor")
+    j = t - k * tu
+    c_lo = k - (j < phi).to(torch.int64)  # the cycle of the observation at or before t
+
+    def observed(c: torch.Tensor) -> torch.Tensor:  # (R, N) values of cycle c, edges held
+        r = torch.minimum(c.clamp_min(0) * tu + phi, last)
+        return torch.gather(x, 0, r)
+
+    lo = observed(c_lo)
+    if mode == "hold":
+        return lo
+    weight = torch.remainder(j - phi, tu).to(x.dtype) / tu
+    return torch.lerp(lo, observed(c_lo + 1), weight)
+
+
 def _select(mask: torch.Tensor, diff: torch.Tensor, base: torch.Tensor, out: torch.Tensor) -> None:
     """out = base ^ (diff & mask) on the bits, i.e. the other value where mask is all ones, else
     base: an exact select, ~10x faster than a broadcast torch.where on CPU.

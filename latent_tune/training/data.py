@@ -92,8 +92,7 @@ class TrainChunk:
     """One training chunk on the device (rows relative to the chunk start, a multiple of tu)."""
 
     start: int  # absolute row of the training dataset
-    x: torch.Tensor  # (Tc, N) raw
-    x_interp: torch.Tensor  # (Tc, N)
+    x: torch.Tensor  # (Tc, N) raw; batches interpolate their start frames from it
     stim: torch.Tensor  # (Tc, S)
 
 
@@ -157,20 +156,10 @@ class RunData:
         b = min(a + int(length), self.train_range[1])
         return self.train.activity(self.quantity)[a:b], self.train.stimulus()[a:b]
 
-    def chunk(
-        self,
-        start: int,
-        length: int,
-        acq: Acquisition,
-        interpolation: str,
-        device: torch.device | str,
-    ) -> TrainChunk:
-        """Copy one chunk to the device and interpolate it with the run's phases."""
+    def chunk(self, start: int, length: int, device: torch.device | str) -> TrainChunk:
+        """Copy one chunk to the device (no interpolated copy: see `interpolate_rows`)."""
         xv, sv = self.train_views(start, length)
-        x = to_device(xv, device)
-        stim = to_device(sv, device)
-        x_interp = interpolate_staggered(x, acq.phases, acq.effective_tu, interpolation)
-        return TrainChunk(start=int(start), x=x, x_interp=x_interp, stim=stim)
+        return TrainChunk(start=int(start), x=to_device(xv, device), stim=to_device(sv, device))
 
     def eval_set(
         self,

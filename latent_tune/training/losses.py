@@ -323,7 +323,7 @@ def _aug_active(loss_cfg: LossConfig, aug: AugSampler | None) -> bool:
 def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     model: EEDModel,
     x: Tensor,
-    x_interp: Tensor,
+    x_interp: Tensor | None,
     stim: Tensor,
     t0: Tensor,
     acq: Acquisition,
@@ -333,6 +333,7 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     *,
     masked_decode: bool = False,
     classes: PhaseClasses | None = None,
+    x_start: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Staggered masked loss: only entries really observed at t0+k enter, for k = 0..H-1.
 
@@ -345,6 +346,9 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     ``masked_decode`` applies the decoder's output layer to the observed (b, i) pairs only
     (see the module docstring; ``classes`` from ``phase_classes(acq, device)``, built here when
     None); the dense path is the reference. Same value and gradients up to float rounding.
+
+    ``x_start`` (B, N) are the interpolated start frames X~[t0] when the caller computed them
+    (the trainer does, with ``interpolate_rows``); then ``x_interp`` may be None.
 
     Returns ``total, evolve, tv, aug, reg``.
     """
@@ -359,7 +363,10 @@ def staggered_loss(  # noqa: PLR0917 (contract signature, positional)
     use_aug = _aug_active(loss_cfg, aug)
     n_stim = max(n_calls, 1 if use_aug else 0)
     u = _window_stimulus(model, stim, t0, n_stim) if n_stim else None
-    x_start = x_interp.index_select(0, t0)
+    if x_start is None:
+        if x_interp is None:
+            raise ValueError("staggered_loss needs x_interp or x_start")
+        x_start = x_interp.index_select(0, t0)
     # The latent state stays in the data dtype (bf16 autocast must not round it every step).
     z = model.encode(x_start).to(x.dtype)
     zero = torch.zeros((), dtype=x.dtype, device=device)

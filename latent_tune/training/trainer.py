@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from latent_tune.data.acquisition import make_acquisition
+from latent_tune.data.interpolation import interpolate_rows
 from latent_tune.data.sampling import batch_starts, chunk_starts
 from latent_tune.errors import UserInputError
 from latent_tune.model.eed import EEDModel
@@ -211,13 +212,7 @@ class Trainer:
         """The chunk at `start` on the device (the last one is kept, so a repeat is free)."""
         if self._chunk is None or self._chunk.start != start:
             self._chunk = None  # free the device copy before making the next
-            self._chunk = self.data.chunk(
-                start,
-                self.config.training.chunk_steps,
-                self.acq,
-                self.config.acquisition.interpolation,
-                self.device,
-            )
+            self._chunk = self.data.chunk(start, self.config.training.chunk_steps, self.device)
         return self._chunk
 
     def _chunk_plan(self) -> list[int]:
@@ -250,12 +245,19 @@ class Trainer:
             del chunk  # only self._chunk may hold it: freed before the next one is made
         return {k: float(v) / max(count, 1) for k, v in sums.items()}
 
-    def _loss(self, x: Tensor, xi: Tensor, stim: Tensor, t0: Tensor, horizon: int) -> dict:
+    def _start_frames(self, x: Tensor, t0: Tensor) -> dict[str, Tensor]:
+        """The staggered loss's interpolated start frames X~[t0], made for this batch only."""
+        if self.config.recipe != "staggered":
+            return {}
+        mode = self.config.acquisition.interpolation
+        return {"x_start": interpolate_rows(x, t0, self.acq.phases, self.acq.effective_tu, mode)}
+
+    def _loss(self, x: Tensor, stim: Tensor, t0: Tensor, horizon: int) -> dict:
         """The recipe's loss terms for one batch (the function torch.compile wraps)."""
         return self.loss_fn(
             self.model,
             x,
-            xi,
+            None,
             stim,
             t0,
             self.acq,
@@ -263,6 +265,7 @@ class Trainer:
             self.config.loss,
             self.aug,
             **self._stag_kwargs,
+            **self._start_frames(x, t0),
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -285,7 +288,7 @@ class Trainer:
         def step(chunk: TrainChunk, t0: Tensor) -> dict[str, Tensor]:
             self.optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                terms = self._step_loss(chunk.x, chunk.x_interp, chunk.stim, t0, horizon)
+                terms = self._step_loss(chunk.x, chunk.stim, t0, horizon)
             self._optimize(terms["total"])
             return terms
 
@@ -303,7 +306,7 @@ class Trainer:
                 terms = staggered_loss(
                     self.model,
                     chunk.x,
-                    chunk.x_interp,
+                    None,
                     chunk.stim,
                     t0,
                     self.acq,
@@ -311,6 +314,7 @@ class Trainer:
                     no_aux,
                     None,
                     **self._stag_kwargs,
+                    **self._start_frames(chunk.x, t0),
                 )
             recon, reg = terms["evolve"], terms["reg"]
         else:
