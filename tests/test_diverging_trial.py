@@ -7,8 +7,6 @@ search, must be reported with the penalty objective rather than NaN, must be sto
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -19,11 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-import yaml
 
-from latent_tune.search import main as search_main
 from latent_tune.tune.cli import start_local_ray
 from tests.ray_cluster import QUIET
+from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
 
 EPOCHS = 4
 GOOD_LR, BAD_LR = 1.0e-3, 1.0e3
@@ -44,31 +41,17 @@ class DivergingTrial(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def test_diverging_trial_is_penalised_stopped_and_not_best(self) -> None:
-        space = {
-            "name": "div",
-            "trainable": "eed_staggered",
-            "base": "eed_staggered_tiny.yaml",
-            "overrides": {
-                "training.epochs": EPOCHS,
-                "training.chunks_per_epoch": 1,
-                "training.batches_per_chunk": 10,
-                "evaluation.rollout_steps": 100,
-                "evaluation.starts": 2,
-                "evaluation.figures_every": 0,
-            },
-            "scheduler": {"type": "fifo"},
-            "searcher": {"type": "grid", "seed": 0},
-            "space": {"training.learning_rate": {"grid": [GOOD_LR, BAD_LR]}},
-            "trials": {"num_samples": 1},
-            "resources": {"cpu": 1},
-            "stopping": {"diverged_patience": 1},
-        }
-        path = self.tmp / "div.yaml"
-        path.write_text(yaml.safe_dump(space))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            rc = search_main([str(path), "--storage", str(self.tmp / "res"), "--name", "div"])
-        self.assertEqual(rc, 0, out.getvalue())
+        space = tiny_space(
+            "div",
+            tiny_overrides(EPOCHS, {"evaluation.rollout_steps": 100}),
+            searcher={"type": "grid", "seed": 0},
+            space={"training.learning_rate": {"grid": [GOOD_LR, BAD_LR]}},
+            trials={"num_samples": 1},
+            stopping={"diverged_patience": 1},
+        )
+        path = write_space(self.tmp, space)
+        rc, out = run_search([str(path), "--storage", str(self.tmp / "res"), "--name", "div"])
+        self.assertEqual(rc, 0, out)
         exp = self.tmp / "res" / "div"
         results = pd.read_parquet(exp / "results.parquet")
         bad = results[results["training.learning_rate"] == BAD_LR]

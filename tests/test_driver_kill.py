@@ -23,24 +23,18 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-import yaml
 
 from latent_tune.search import main as search_main
 from latent_tune.tune.cli import LOOPBACK_SWITCH, start_local_ray
 from tests.ray_cluster import QUIET
 from tests.test_security import _descendants, _is_loopback, _listeners
+from tests.tiny_search import tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12  # long enough that trials are mid-run when the driver dies
-TINY = {
-    "training.epochs": EPOCHS,
-    "training.chunks_per_epoch": 1,
-    "training.batches_per_chunk": 60,  # about 1 s per epoch on one CPU
-    "evaluation.rollout_steps": 150,
-    "evaluation.starts": 2,
-    "evaluation.divergence_threshold": 100.0,
-    "evaluation.figures_every": 0,
-}
+TINY = tiny_overrides(  # about 1 s per epoch on one CPU
+    EPOCHS, {"training.batches_per_chunk": 60, "evaluation.divergence_threshold": 100.0}
+)
 
 
 def _results(exp: Path) -> dict[str, tuple[Path, list[dict]]]:
@@ -101,22 +95,8 @@ class DriverKilled(unittest.TestCase):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def test_sigkill_then_resume(self) -> None:
-        space = self.tmp / "kill.yaml"
-        space.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "kill",
-                    "trainable": "eed_staggered",
-                    "base": "eed_staggered_tiny.yaml",
-                    "overrides": dict(TINY),
-                    "scheduler": {"type": "fifo"},
-                    "searcher": {"type": "random", "seed": 0},
-                    "space": {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
-                    "trials": {"num_samples": 4, "max_concurrent": 2},
-                    "resources": {"cpu": 1},
-                    "stopping": {"diverged_patience": 0},
-                }
-            )
+        space = write_space(
+            self.tmp, tiny_space("kill", TINY, trials={"num_samples": 4, "max_concurrent": 2})
         )
         storage = self.tmp / "res"
         exp = storage / "kill"

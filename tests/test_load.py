@@ -7,8 +7,6 @@ trials outnumber slots (bench/bench_load.py runs the 32-trial version and measur
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import tempfile
@@ -17,11 +15,10 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-import yaml
 
-from latent_tune.search import main as search_main
 from latent_tune.tune.cli import start_local_ray
 from tests.ray_cluster import QUIET
+from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIALS = 12
@@ -43,31 +40,13 @@ class Load(unittest.TestCase):
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def test_more_trials_than_slots(self) -> None:
-        space = {
-            "name": "load",
-            "trainable": "eed_staggered",
-            "base": "eed_staggered_tiny.yaml",
-            "overrides": {
-                "training.epochs": 1,
-                "training.chunks_per_epoch": 1,
-                "training.batches_per_chunk": 10,
-                "evaluation.rollout_steps": 150,
-                "evaluation.starts": 2,
-                "evaluation.figures_every": 0,
-            },
-            "scheduler": {"type": "fifo"},
-            "searcher": {"type": "random", "seed": 0},
-            "space": {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
-            "trials": {"num_samples": TRIALS},
-            "resources": {"cpu": 0.5},
-            "stopping": {"diverged_patience": 0},
-        }
-        path = self.tmp / "load.yaml"
-        path.write_text(yaml.safe_dump(space))
+        space = tiny_space(
+            "load", tiny_overrides(1), trials={"num_samples": TRIALS}, resources={"cpu": 0.5}
+        )
+        path = write_space(self.tmp, space)
         storage = self.tmp / "storage"
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            rc = search_main([str(path), "--storage", str(storage), "--name", "load"])
-        self.assertEqual(rc, 0, out.getvalue()[-3000:])
+        rc, out = run_search([str(path), "--storage", str(storage), "--name", "load"])
+        self.assertEqual(rc, 0, out[-3000:])
         trials = pd.read_parquet(storage / "load" / "trials.parquet")
         self.assertEqual(len(trials), TRIALS, trials)
         self.assertEqual(trials["trial_id"].nunique(), TRIALS)

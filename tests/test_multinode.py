@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-import yaml
 
 from latent_tune.search import main as search_main
+from tests.tiny_search import tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(os.sys.executable).parent)) or "ray"
@@ -107,27 +107,8 @@ class MultiNode(unittest.TestCase):
                     os.killpg(p.pid, signal.SIGKILL)
 
     def test_trials_on_both_nodes(self) -> None:
-        space = {
-            "name": "mn",
-            "trainable": "eed_staggered",
-            "base": "eed_staggered_tiny.yaml",
-            "overrides": {
-                "training.epochs": 3,
-                "training.chunks_per_epoch": 1,
-                "training.batches_per_chunk": 10,
-                "evaluation.rollout_steps": 150,
-                "evaluation.starts": 2,
-                "evaluation.figures_every": 0,
-            },
-            "scheduler": {"type": "fifo"},
-            "searcher": {"type": "random", "seed": 0},
-            "space": {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
-            "trials": {"num_samples": 4, "max_concurrent": 2},
-            "resources": {"cpu": 1},
-            "stopping": {"diverged_patience": 0},
-        }
-        path = self.tmp / "mn.yaml"
-        path.write_text(yaml.safe_dump(space))
+        space = tiny_space("mn", tiny_overrides(3), trials={"num_samples": 4, "max_concurrent": 2})
+        path = write_space(self.tmp, space)
         shared = self.tmp / "shared_storage"
         old = {k: os.environ.pop(k, None) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)}
         os.environ.update(RAY_AUTH_MODE="disabled")

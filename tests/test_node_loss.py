@@ -23,9 +23,9 @@ import unittest
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from tests.ray_cluster import ROOT, LocalCluster
+from tests.tiny_search import tiny_overrides, tiny_space, write_space
 
 WORKER_IP = "127.0.0.2"
 EPOCHS = 10
@@ -68,29 +68,15 @@ class NodeLoss(unittest.TestCase):
         p.wait(timeout=30)
 
     def _space(self) -> Path:
-        space = {
-            "name": "nl",
-            "trainable": "eed_staggered",
-            "base": "eed_staggered_tiny.yaml",
-            "overrides": {
-                "training.epochs": EPOCHS,
-                "training.chunks_per_epoch": 1,
-                "training.batches_per_chunk": 50,  # ~1 s per epoch: the kill lands mid-trial
-                "evaluation.rollout_steps": 150,
-                "evaluation.starts": 2,
-                "evaluation.figures_every": 0,
-            },
-            "scheduler": {"type": "fifo"},
-            "searcher": {"type": "random", "seed": 0},
-            "space": {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}},
-            "trials": {"num_samples": 2, "max_failures": 2},
-            "resources": {"cpu": 1},
-            "checkpoint": {"every": 1},
-            "stopping": {"diverged_patience": 0},
-        }
-        path = self.tmp / "nl.yaml"
-        path.write_text(yaml.safe_dump(space))
-        return path
+        # ~1 s per epoch: the kill lands mid-trial
+        overrides = tiny_overrides(EPOCHS, {"training.batches_per_chunk": 50})
+        space = tiny_space(
+            "nl",
+            overrides,
+            trials={"num_samples": 2, "max_failures": 2},
+            checkpoint={"every": 1},
+        )
+        return write_space(self.tmp, space)
 
     def _wait_worker_checkpoint(self, exp: Path, deadline: float) -> Path:
         """The trial dir of a trial that ran on the worker and has a checkpoint in storage."""

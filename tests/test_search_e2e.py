@@ -26,21 +26,15 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from latent_tune.report import main as report_main
-from latent_tune.search import main as search_main
 from latent_tune.training.config import load_config
 from latent_tune.tune.cli import start_local_ray
 from tests.ray_cluster import QUIET
+from tests.tiny_search import run_search, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {  # seconds per epoch on one CPU thread
-    "training.epochs": 6,
-    "training.chunks_per_epoch": 1,
-    "training.batches_per_chunk": 15,
-    "evaluation.rollout_steps": 150,
-    "evaluation.starts": 2,
-    "evaluation.divergence_threshold": 100.0,
-    "evaluation.figures_every": 0,
-}
+TINY = tiny_overrides(  # seconds per epoch on one CPU thread
+    6, {"training.batches_per_chunk": 15, "evaluation.divergence_threshold": 100.0}
+)
 
 
 def _space(tmp: Path, name: str, **sections) -> Path:
@@ -55,13 +49,6 @@ def _space(tmp: Path, name: str, **sections) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
-
-
-def _run(argv: list[str]) -> tuple[int, str]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        rc = search_main(argv)
-    return rc, out.getvalue()
 
 
 def _trial_dirs(exp: Path) -> dict[str, Path]:
@@ -103,7 +90,7 @@ class SearchE2E(unittest.TestCase):
             trials={"num_samples": 4, "max_concurrent": 2},
         )
         storage = self.tmp / "res"
-        rc, out = _run(
+        rc, out = run_search(
             [
                 str(space),
                 "--storage",
@@ -189,7 +176,7 @@ class SearchE2E(unittest.TestCase):
             checkpoint={"keep": 1},  # the pruner must still spare the donor's checkpoint
         )
         storage = self.tmp / "res"
-        rc, out = _run([str(space), "--storage", str(storage), "--name", "pbt"])
+        rc, out = run_search([str(space), "--storage", str(storage), "--name", "pbt"])
         self.assertEqual(rc, 0, out)
         exp = storage / "pbt"
         hist = pd.read_parquet(exp / "pbt_history.parquet")
@@ -285,7 +272,7 @@ class SearchE2E(unittest.TestCase):
             if rows and rows[-1]["epoch"] == TINY["training.epochs"]:
                 done_before[tid] = (tdir / "result.json").read_bytes()
         self.assertTrue(done_before, text)
-        rc, out = _run([str(space), "--storage", str(storage), "--name", "intr", "--resume"])
+        rc, out = run_search([str(space), "--storage", str(storage), "--name", "intr", "--resume"])
         self.assertEqual(rc, 0, out)
         trials = pd.read_parquet(exp / "trials.parquet")
         self.assertEqual(len(trials), 4)

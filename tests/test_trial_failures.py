@@ -8,8 +8,6 @@ failed trials. A real local Ray runs the test-only trainable `tests.oom_trainabl
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -19,23 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 import ray
-import yaml
 
-from latent_tune.search import main as search_main
 from latent_tune.tune.cli import start_local_ray
 from tests.oom_trainable import ATTEMPTS_FILE, OOM_LEARNING_RATE
 from tests.ray_cluster import QUIET
+from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "training.epochs": 2,
-    "training.chunks_per_epoch": 1,
-    "training.batches_per_chunk": 10,
-    "evaluation.rollout_steps": 100,
-    "evaluation.starts": 2,
-    "evaluation.divergence_threshold": 100.0,
-    "evaluation.figures_every": 0,
-}
+TINY = tiny_overrides(
+    2, {"evaluation.rollout_steps": 100, "evaluation.divergence_threshold": 100.0}
+)
 MAX_FAILURES = 2
 RATES = [1.0e-3, OOM_LEARNING_RATE, 3.0e-3]
 
@@ -57,23 +48,18 @@ class TrialFailures(unittest.TestCase):
             include_dashboard=False,
             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},  # workers import tests.*
         )
-        space = {
-            "name": "oom",
-            "trainable": "tests.oom_trainable:train",
-            "base": "eed_staggered_tiny.yaml",
-            "overrides": dict(TINY),
-            "scheduler": {"type": "fifo"},
-            "searcher": {"type": "grid", "seed": 0},
-            "space": {"training.learning_rate": {"grid": RATES}},
-            "trials": {"num_samples": 1, "max_failures": MAX_FAILURES},
-            "resources": {"cpu": 0.5},
-        }
-        path = cls.tmp / "oom.yaml"
-        path.write_text(yaml.safe_dump(space))
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            cls.rc = search_main([str(path), "--storage", str(cls.tmp / "res"), "--name", "oom"])
-        cls.out = out.getvalue()
+        space = tiny_space(
+            "oom",
+            TINY,
+            trainable="tests.oom_trainable:train",
+            searcher={"type": "grid", "seed": 0},
+            space={"training.learning_rate": {"grid": RATES}},
+            trials={"num_samples": 1, "max_failures": MAX_FAILURES},
+            resources={"cpu": 0.5},
+        )
+        path = write_space(cls.tmp, space)
+        argv = [str(path), "--storage", str(cls.tmp / "res"), "--name", "oom"]
+        cls.rc, cls.out = run_search(argv)
         cls.exp = cls.tmp / "res" / "oom"
 
     @classmethod
@@ -105,13 +91,13 @@ class TrialFailures(unittest.TestCase):
         record = (Path(failed["path"]) / "error.txt").read_text()
         failures = record.split("Failure # ")[1:]
         self.assertEqual(len(failures), MAX_FAILURES + 1, record)
-        # every attempt that reached the trainable ended in the OOM (looked up in every trial
-        # dir by trial id, so a misplaced line would still count and show up below)
+        # every attempt that reached the trainable ended in the OOM (found by its learning
+        # rate in every trial dir, so a line written under another trial's context counts too)
         attempts = [
-            line
+            f"{f.parent.name[:40]}: {line}"
             for f in sorted(self.exp.glob(f"*/{ATTEMPTS_FILE}"))
             for line in f.read_text().splitlines()
-            if line.split()[0] == failed["trial_id"]
+            if abs(float(line.split()[0]) - OOM_LEARNING_RATE) < 1e-12
         ]
         ooms = [f for f in failures if "(simulated)" in f]
         self.assertEqual(len(attempts), len(ooms), (attempts, record))
