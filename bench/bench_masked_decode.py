@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import device_info, random_data, shape_of
+from bench_training import bench_device, device_info, random_data, shape_of
 from bench_training import timed as timed_calls
 
 from latent_tune.model.eed import EEDModel
@@ -121,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    device = bench_device(args.device, args.threads)
     result: dict[str, Any] = {
         "bench": "masked_decode",
         **device_info(device),

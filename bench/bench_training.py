@@ -66,6 +66,16 @@ def device_info(device: torch.device) -> dict[str, str]:
     return {"device": str(device), "device_name": name, "torch": torch.__version__}
 
 
+def bench_device(name: str | None, threads: int | None) -> torch.device:
+    """The device a benchmark runs on (CUDA when present, TF32 on) and its CPU thread count."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -249,11 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-lab", action="store_true", help="also compile at lab size on CPU")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
+    device = bench_device(args.device, args.threads)
     result: dict[str, Any] = {
         "bench": "training",
         "quick": args.quick,
