@@ -19,9 +19,10 @@ from latent_tune.tune.checkpoints import CheckpointPruner
 
 @dataclass
 class _Trial:
-    """The one attribute the pruner reads from a Tune Trial: the checkpoint it restores next."""
+    """What the pruner reads from a Tune Trial: the checkpoint it restores next, its dir."""
 
     checkpoint: tune.Checkpoint | None
+    path: str | None = None
 
 
 class CheckpointPrunerTest(unittest.TestCase):
@@ -61,6 +62,17 @@ class CheckpointPrunerTest(unittest.TestCase):
             ["checkpoint_000003", "checkpoint_000004", "result.json"],
         )
         self.assertEqual(self._left(self.tmp / "clone"), ["checkpoint_000000", "result.json"])
+
+    def test_end_prunes_a_trial_whose_latest_checkpoint_is_its_donors(self) -> None:
+        donor = self._trial_dir("donor", 2)
+        own = self._trial_dir("clone", 3)  # checkpoints Tune never saw through the pruner
+        clone = _Trial(donor[1], path=str(self.tmp / "clone"))
+        pruner = CheckpointPruner(keep=1)
+        pruner.on_checkpoint(0, [_Trial(donor[0]), clone], _Trial(donor[0]), donor[1])
+        pruner.on_experiment_end([_Trial(donor[1], path=str(self.tmp / "donor")), clone])
+        self.assertEqual(self._left(self.tmp / "donor"), ["checkpoint_000001", "result.json"])
+        self.assertEqual(self._left(self.tmp / "clone"), ["checkpoint_000002", "result.json"])
+        self.assertTrue(Path(own[2].path).is_dir())
 
     def test_new_checkpoint_counts_and_is_never_deleted(self) -> None:
         ckpts = self._trial_dir("t", 3)

@@ -194,6 +194,9 @@ class SearchE2E(unittest.TestCase):
             if not rfile.is_file():
                 continue
             for rec in map(json.loads, rfile.read_text().splitlines()):
+                # a finished trial is stopped, never paused or exploited: a perturbation at
+                # the last epoch would pair the explored config with the old weights' score
+                self.assertLess(rec["from_epoch"], TINY["training.epochs"], (tid, rec))
                 if rec["from_trial"] in (None, tid):
                     continue
                 n_exploits += 1

@@ -60,11 +60,11 @@ class CheckpointPruner(tune.Callback):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.keep = keep
+        self._fs: pafs.FileSystem | None = None  # the storage's, learnt from a checkpoint
 
-    def _prune(self, checkpoint: tune.Checkpoint, protected: set[str]) -> None:
-        trial_dir = posixpath.dirname(checkpoint.path.rstrip("/"))
+    def _prune(self, fs: pafs.FileSystem, trial_dir: str, protected: set[str]) -> None:
         try:
-            prune_trial_checkpoints(checkpoint.filesystem, trial_dir, self.keep, protected)
+            prune_trial_checkpoints(fs, trial_dir, self.keep, protected)
         except OSError as exc:  # storage hiccup: keeping too much is harmless, crashing is not
             _log.warning("could not prune checkpoints in %s: %s", trial_dir, exc)
 
@@ -77,11 +77,25 @@ class CheckpointPruner(tune.Callback):
         **info: Any,
     ) -> None:
         # called before Tune registers `checkpoint` as the trial's latest: protect it too
-        self._prune(checkpoint, _pending(trials) | {checkpoint.path})
+        self._fs = checkpoint.filesystem
+        self._prune(self._fs, _trial_dir(checkpoint), _pending(trials) | {checkpoint.path})
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        """Drop what was kept only for a restore that has since happened."""
+        """Drop what was kept only for a restore that has since happened.
+
+        Every trial's own dir is swept, not only the dir of its latest checkpoint: after an
+        exploit that latest one is the donor's, and the clone's own dir may still hold a
+        checkpoint Tune never registered (persisted on the result PBT paused it on).
+        """
+        if self._fs is None:
+            return  # no checkpoint this run: nothing of ours to prune
         protected = _pending(trials)
-        for t in trials:
-            if t.checkpoint is not None:
-                self._prune(t.checkpoint, protected)
+        dirs = {t.path for t in trials if t.path} | {
+            _trial_dir(t.checkpoint) for t in trials if t.checkpoint is not None
+        }
+        for trial_dir in sorted(dirs):
+            self._prune(self._fs, trial_dir, protected)
+
+
+def _trial_dir(checkpoint: tune.Checkpoint) -> str:
+    return posixpath.dirname(checkpoint.path.rstrip("/"))

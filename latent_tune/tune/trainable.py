@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 from ray import tune
+from ray.tune.result import DONE
 from tensorboardX import SummaryWriter
 
 from latent_tune.training.config import TrainConfig, flatten, validate_config
@@ -161,6 +162,11 @@ def _train(
                 if name in metrics and math.isfinite(float(metrics[name])):
                     writer.add_scalar(HPARAM_METRIC_PREFIX + name, float(metrics[name]), epoch)
             writer.flush()
+            if trainer.done:
+                # Tune then stops the trial on this result: no scheduler sees it, so PBT
+                # cannot pause or exploit a finished trial (that would pair an explored
+                # config with the old weights' score and leave an unregistered checkpoint)
+                metrics[DONE] = True
             if trainer.done or epoch % every == 0:
                 with tempfile.TemporaryDirectory(prefix="lt-ckpt-") as tmp:
                     _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
