@@ -243,45 +243,42 @@ def resolve(space: SearchSpace, space_file: Path) -> Resolved:
     return res
 
 
+def _config_error(res: Resolved, params: dict[str, Any]) -> UserInputError | None:
+    """Why `params` on the base config give no valid trial config (None when they do)."""
+    try:
+        trial_config(
+            res.base_dict,
+            params,
+            recipe=res.recipe,
+            file=res.space_file,
+            defaults=res.leaf_defaults,
+        )
+    except UserInputError as exc:
+        return exc
+    return None
+
+
 def _check_extremes(res: Resolved) -> None:
     """Every range end and option must give a valid config (else trials would crash later)."""
     space = res.space.space
-
-    def check(params: dict[str, Any], key: str, value: Any) -> None:
-        try:
-            trial_config(
-                res.base_dict,
-                params,
-                recipe=res.recipe,
-                file=res.space_file,
-                defaults=res.leaf_defaults,
-            )
-        except UserInputError as exc:
-            raise UserInputError(
-                res.space_file,
-                f"space.{key}",
-                f"value {value!r} gives an invalid config: {exc.key}: {exc.problem}",
-            ) from None
-
     for key, entry in space.items():
         for value in entry.extremes():
-            check({key: value}, key, value)
+            exc = _config_error(res, {key: value})
+            if exc is not None:
+                raise UserInputError(
+                    res.space_file,
+                    f"space.{key}",
+                    f"value {value!r} gives an invalid config: {exc.key}: {exc.problem}",
+                )
     numeric = {k: e for k, e in space.items() if e.kind in ("uniform", "loguniform", "randint")}
     if len(numeric) > 1:
         for pick in (0, 1):
             params = {k: e.extremes()[pick] for k, e in numeric.items()}
             label = "all lows together" if pick == 0 else "all highs together"
-            try:
-                trial_config(
-                    res.base_dict,
-                    params,
-                    recipe=res.recipe,
-                    file=res.space_file,
-                    defaults=res.leaf_defaults,
-                )
-            except UserInputError as exc:
+            exc = _config_error(res, params)
+            if exc is not None:
                 raise UserInputError(
                     res.space_file,
                     f"space.{exc.key}",
                     f"{label} give an invalid config: {exc.problem}",
-                ) from None
+                )
