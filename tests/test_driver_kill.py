@@ -28,7 +28,7 @@ from latent_tune.search import main as search_main
 from latent_tune.tune.cli import LOOPBACK_SWITCH, start_local_ray
 from tests.ray_cluster import QUIET
 from tests.test_security import _descendants, _is_loopback, _listeners
-from tests.tiny_search import tiny_overrides, tiny_space, write_space
+from tests.tiny_search import FIRST_FINISH_S, tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 12  # long enough that trials are mid-run when the driver dies
@@ -115,7 +115,7 @@ class DriverKilled(unittest.TestCase):
         started: set[int] = set()
         lines: list[str] = []
         try:
-            deadline = time.time() + 240
+            deadline = time.time() + FIRST_FINISH_S
             assert proc.stdout is not None
             for line in proc.stdout:
                 lines.append(line)

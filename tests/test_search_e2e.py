@@ -29,7 +29,7 @@ from latent_tune.report import main as report_main
 from latent_tune.training.config import load_config
 from latent_tune.tune.cli import start_local_ray
 from tests.ray_cluster import QUIET
-from tests.tiny_search import run_search, tiny_overrides
+from tests.tiny_search import FIRST_FINISH_S, run_search, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = tiny_overrides(  # seconds per epoch on one CPU thread
@@ -253,7 +253,7 @@ class SearchE2E(unittest.TestCase):
         )
         lines: list[str] = []
         try:
-            deadline = time.time() + 240
+            deadline = time.time() + FIRST_FINISH_S
             assert proc.stdout is not None
             for line in proc.stdout:
                 lines.append(line)

@@ -17,8 +17,19 @@ import yaml
 
 from latent_tune.search import main as search_main
 
-__all__ = ["LR_SPACE", "run_search", "tiny_overrides", "tiny_space", "write_space"]
+__all__ = [
+    "FIRST_FINISH_S",
+    "LR_SPACE",
+    "run_search",
+    "tiny_overrides",
+    "tiny_space",
+    "write_space",
+]
 
+# the most a tiny search may take to finish its first trial, Ray start included: a waiting bound,
+# never a timing (a run that finishes sooner moves on at once); 240 s ran out on 2 cores with
+# two busy-loop processes beside the tests
+FIRST_FINISH_S = 600
 LR_SPACE = {"training.learning_rate": {"loguniform": [3e-4, 3e-3]}}
 
 
