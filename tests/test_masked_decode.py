@@ -1,4 +1,4 @@
-"""Masked decoding equals the dense staggered loss; the fast rollout equals the plain one."""
+"""Masked decoding equals the dense staggered loss; the fast rollout equals the plain one; bf16."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import AugConfig, L1Config, LossConfig
 from latent_tune.training.evaluate import DatasetEval, evaluate_dataset
 from latent_tune.training.losses import AugSampler, Connectome, phase_classes, staggered_loss
+from latent_tune.training.precision import bf16_autocast
 
 N, S, T = 23, 4, 160
 PRE = [1, 2, 4, 0, 6, 1, 3, 10, 11, 12, 20, 22]
@@ -137,6 +138,23 @@ class TestMaskedEqualsDense(unittest.TestCase):
             model, acquisition("random", 10), t0, 20, LossConfig(), rtol=1e-4, atol=1e-5
         )
 
+    def test_bf16_autocast_is_close_to_float32(self) -> None:
+        # bf16 rounds matmul inputs (fp32 accumulation): a small, bounded change on any device.
+        model = small_model(6, dtype=torch.float32)
+        acq, t0, cfg = acquisition("random", 10), torch.tensor([2, 19, 33, 47, 70]), LossConfig()
+        for masked in (False, True):
+            with self.subTest(masked=masked):
+                ref, g_ref = self.run_loss(model, acq, t0, 20, cfg, masked)
+                with bf16_autocast(True, torch.device("cpu")):
+                    amp, g_amp = self.run_loss(model, acq, t0, 20, cfg, masked)
+                self.assertNotEqual(float(amp["total"]), float(ref["total"]))
+                torch.testing.assert_close(amp["total"], ref["total"], rtol=3e-2, atol=0.0)
+                for name in g_ref:
+                    cos = torch.nn.functional.cosine_similarity(
+                        g_amp[name].flatten(), g_ref[name].flatten(), dim=0
+                    )
+                    self.assertGreater(float(cos), 0.99, msg=name)
+
     def test_nan_in_unobserved_entries_is_ignored(self) -> None:
         acq = acquisition("random", 3)
         t = torch.arange(T)
@@ -200,8 +218,18 @@ class TestFastRollout(unittest.TestCase):
         # Small blocks: block boundaries fall mid-rollout in both paths.
         self.assert_same(self.run_eval(fast=True, block_steps=7), self.run_eval(block_steps=13))
 
-    def test_bf16_is_a_noop_on_cpu(self) -> None:
-        self.assert_same(self.run_eval(bf16=True, fast=True), self.run_eval())
+    def test_bf16_rollout_is_close_to_float32(self) -> None:
+        # float64 is never autocast: the bf16 switch needs a float32 model and data to act.
+        self.model.float()
+        self.x, self.xi, self.stim = self.x.float(), self.xi.float(), self.stim.float()
+        plain, amp = self.run_eval(), self.run_eval(bf16=True)
+        self.assertTrue(amp.finite)
+        self.assertEqual(amp.curves.dtype, torch.float32)  # errors and curves stay float32
+        self.assertNotEqual(amp.metrics["mse_overall"], plain.metrics["mse_overall"])
+        for k in ("mse_overall", "mse_fit_window", "mse_beyond"):
+            self.assertLess(abs(amp.metrics[k] / plain.metrics[k] - 1), 0.05, msg=k)
+        # The baselines do not touch the model: bf16 leaves them exact.
+        self.assertEqual(amp.metrics["constant_mse_overall"], plain.metrics["constant_mse_overall"])
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ class TrainingConfig(_Strict):
     # Staggered recipe: decode only the observed (b, i) pairs (~1/tu of the output layer's
     # work, same loss and gradients); False = the dense reference. The aligned recipe ignores it.
     masked_decode: bool = True
-    # bf16 autocast of the train step's forward on CUDA; a no-op on CPU (and off by default).
+    # bf16 autocast of the train step's forward (CUDA and CPU; off by default).
     bf16: bool = False
 
     @property
@@ -185,8 +185,7 @@ class EvaluationConfig(_Strict):
     figures_every: NonNegInt = 5  # 0 = never
     # Rollout fast path on CUDA (4x blocks, torch.compile'd evolver step); CPU: the plain path.
     fast: bool = False
-    # bf16 autocast of the rollout's model calls on CUDA (latent state and metrics stay float32);
-    # a no-op on CPU.
+    # bf16 autocast of the rollout's model calls (latent state and metrics stay float32).
     bf16: bool = False
 
 

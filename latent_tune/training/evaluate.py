@@ -15,22 +15,21 @@ nothing is skipped; instead blocks are 4x larger (fewer, larger decode launches 
 reductions) and the evolver step is torch.compile'd (a fused kernel chain instead of a chain
 of small launches). On CPU it is the plain computation (same blocks, eager step): there
 compile time would dominate and larger blocks measured slower (bench/bench_masked_decode.py).
-``bf16=True`` runs the model calls under bf16
-autocast on CUDA (the latent state, errors and curves stay float32); a no-op on CPU.
+``bf16=True`` runs the model calls under bf16 autocast (training/precision.py; the latent
+state, errors and curves stay float32).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from latent_tune.model.eed import EEDModel
+from latent_tune.training.precision import bf16_autocast
 
 __all__ = [
     "BASELINES",
@@ -81,13 +80,6 @@ def _latent_rollout(
         z = step(evolver, z, u[k])
         zs.append(z)
     return torch.stack(zs)
-
-
-def _amp(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA when enabled; no context otherwise (CPU: a no-op by design)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -252,7 +244,7 @@ def evaluate_dataset(
         x_start = rows_to_dev(x, st).to(dtype)  # (n, N)
         xi_start = rows_to_dev(x_interp, st)
         step = _step_fn(fast, device)
-        with _amp(bf16, device):
+        with bf16_autocast(bf16, device):
             z = model.encode(xi_start).to(ref.dtype)  # the latent state stays in full precision
         xi_start = xi_start.to(dtype)
         curves = torch.full((1 + len(BASELINES), n, steps), math.nan, device=device, dtype=dtype)
@@ -270,7 +262,7 @@ def evaluate_dataset(
             rows = st.unsqueeze(0) + k.unsqueeze(1)  # (bl, n): stimulus times start + k
             truth = rows_to_dev(x, rows + 1).to(dtype)  # (bl, n, N): times start + k + 1
             if alive:
-                with _amp(bf16, device):
+                with bf16_autocast(bf16, device):
                     u = model.encode_stimulus(rows_to_dev(stim, rows))
                     zs = _latent_rollout(step, model.evolver, z, u) if fast else model.rollout(z, u)
                     z = zs[-1]

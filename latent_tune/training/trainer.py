@@ -46,6 +46,7 @@ from latent_tune.training.losses import (
     phase_classes,
     staggered_loss,
 )
+from latent_tune.training.precision import bf16_autocast
 from latent_tune.training.tensorboard import TBLogger
 
 __all__ = ["PHASES", "STATE_FORMAT", "Trainer", "ems_effective", "resolve_device"]
@@ -269,10 +270,8 @@ class Trainer:
         )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast for the train step's forward when configured and on CUDA, else none."""
-        if self.config.training.bf16 and self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast for the train step's forward when configured, else none."""
+        return bf16_autocast(self.config.training.bf16, self.device)
 
     def _optimize(self, total: Tensor) -> None:
         """Backward, optional grad-norm clipping, Adam step."""
