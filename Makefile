@@ -10,7 +10,7 @@ SPACE  ?= search_spaces/stag_quick.yaml
 # build); a machine with an NVIDIA driver gets the default (CUDA) wheel.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: install install-dev search test lint bench clean-venv
+.PHONY: install install-dev search test lint bench bench-gpu clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(VENV)/.installed-dev
 	$(PY) bench/bench_interpolation.py --out bench/out/interpolation.json
 	$(PY) bench/bench_training.py --out bench/out/training.json
 	$(PY) bench/bench_service.py > bench/out/service.json
+	$(PY) bench/bench_masked_decode.py --out bench/out/masked_decode.json
+	$(PY) bench/bench_bf16.py --out bench/out/bf16_demo.json
+
+# The GPU checks of the performance work (CUDA tests, lab-size step and rollout, memory, bf16).
+bench-gpu: $(VENV)/.installed-dev
+	PY=$(PY) bash bench/gpu_checks.sh
 
 clean-venv:
 	rm -rf $(VENV)

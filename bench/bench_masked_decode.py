@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed train steps per variant")
     p.add_argument("--lab-batch", type=int, default=32, help="batch size at lab size")
     p.add_argument("--lab-ems", type=int, default=2, help="evolve_multiple_steps at lab size")
-    p.add_argument("--rollout", type=int, default=500, help="rollout steps (lab: a quarter)")
+    p.add_argument("--rollout", type=int, default=500, help="rollout steps (lab on CPU: 1/4)")
     p.add_argument("--bf16", action="store_true", help="also time bf16 autocast (CUDA only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         entry["train_step"] = bench_step(cfg, n, s, device, steps=args.steps, bf16=False)
         if args.bf16 and device.type == "cuda":
             entry["train_step_bf16"] = bench_step(cfg, n, s, device, steps=args.steps, bf16=True)
-        rollout = args.rollout if size == "demo" else max(args.rollout // 4, cfg.horizon + 1)
+        # A CPU times a quarter of the lab rollout (minutes otherwise); a GPU the whole of it.
+        full = size == "demo" or device.type == "cuda"
+        rollout = args.rollout if full else max(args.rollout // 4, cfg.horizon + 1)
         print(f"[{size}] rollout plain vs fast ({rollout} steps) ...", file=sys.stderr, flush=True)
         entry["rollout"] = bench_rollout(cfg, n, s, device, rollout=rollout, bf16=args.bf16)
         result["sizes"][size] = entry
