@@ -29,7 +29,8 @@ import torch
 from bench_training import LAB_SHAPE, device_info, random_data
 
 from latent_tune.data.interpolation import interpolate_rows
-from latent_tune.data.simulate import FAMILIES, PRESETS
+from latent_tune.data.network import PRESETS
+from latent_tune.data.stimulus import FAMILIES
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig, load_config
 from latent_tune.training.evaluate import evaluate_dataset

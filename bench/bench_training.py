@@ -33,7 +33,8 @@ import torch
 
 from latent_tune.data.acquisition import make_acquisition
 from latent_tune.data.interpolation import interpolate_staggered
-from latent_tune.data.simulate import PRESETS, build_network
+from latent_tune.data.network import PRESETS
+from latent_tune.data.simulate import build_network
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig, load_config
 from latent_tune.training.evaluate import evaluate_dataset

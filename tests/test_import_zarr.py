@@ -18,8 +18,8 @@ import zarr
 from numcodecs import Blosc
 
 from latent_tune.data.importer_zarr import import_zarr
+from latent_tune.data.network import LAB_TYPE_NAMES
 from latent_tune.data.reader import Dataset
-from latent_tune.data.simulate import LAB_TYPE_NAMES
 from latent_tune.errors import UserInputError
 
 T, N, S, E = 53, 12, 5, 30

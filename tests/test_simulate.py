@@ -17,6 +17,7 @@ from unittest import mock
 import numpy as np
 from pydantic import ValidationError
 
+from latent_tune.data import network, stimulus
 from latent_tune.data import simulate as sim
 from latent_tune.data.reader import Dataset
 from latent_tune.data.suite import Suite
@@ -48,14 +49,14 @@ class TinyFixture(unittest.TestCase):
 
     tmp: Path
     suite: Suite
-    net: sim.Network
-    preset: sim.SimPreset
+    net: network.Network
+    preset: network.SimPreset
 
     @classmethod
     def setUpClass(cls) -> None:
         cls.tmp = Path(tempfile.mkdtemp(prefix="lt-sim-"))
         cls.suite = Suite.open(sim.simulate_suite(cls.tmp / "tiny", preset="tiny", seed=0))
-        cls.preset = sim.PRESETS["tiny"]
+        cls.preset = network.PRESETS["tiny"]
         seeds = sim.dataset_seeds(0)
         cls.net = sim.build_network(cls.preset, np.random.default_rng(seeds["network"]))
         b = cls.preset.burn_in
@@ -169,7 +170,7 @@ class TestDeterminism(unittest.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def test_chunk_size_does_not_change_the_data(self) -> None:
-        p = sim.PRESETS["tiny"]
+        p = network.PRESETS["tiny"]
         net = sim.build_network(p, np.random.default_rng(1))
         a, sa = sim.simulate_arrays(net, p, "flashes", 500, 2)
         b, sb = sim.simulate_arrays(net, p, "flashes", 500, 2, chunk_steps=37)
@@ -191,7 +192,7 @@ class TestDeterminism(unittest.TestCase):
 
     def test_presets_reject_unknown_keys(self) -> None:
         with self.assertRaises(ValidationError):
-            sim.SimPreset.model_validate({**sim.PRESETS["tiny"].model_dump(), "tau": 3})
+            network.SimPreset.model_validate({**network.PRESETS["tiny"].model_dump(), "tau": 3})
         with self.assertRaises(ValidationError):
             sim.simulate_suite(Path("/nonexistent/x"), preset="tiny", overrides={"typo": 1})
         with self.assertRaises(ValueError):
@@ -208,7 +209,7 @@ class TestDynamics(TinyFixture):
         tau = net.type_tau
         self.assertGreater(tau.max() / tau.min(), 5.0)
         # noise-free run: slow types are smooth, fast ones rough (one-step change / variance)
-        stim = sim.render_stimulus("textures", net, 3000, seed=7)
+        stim = stimulus.render_stimulus("textures", net, 3000, seed=7)
         acts, _ = sim.simulate_arrays(
             net, p, "textures", 3000, 0, stimulus=stim, process_noise=False, measurement_noise=False
         )
@@ -225,7 +226,7 @@ class TestDynamics(TinyFixture):
     def test_stimulus_driven_and_recurrent(self) -> None:
         p, net = self.preset, self.net
         n, b = 4000, p.burn_in
-        stim = sim.render_stimulus("textures", net, n, seed=7)
+        stim = stimulus.render_stimulus("textures", net, n, seed=7)
         one, _ = sim.simulate_arrays(net, p, "textures", n, 1, stimulus=stim)
         two, _ = sim.simulate_arrays(net, p, "textures", n, 2, stimulus=stim)
         x1, x2 = one["voltage"][b:].astype(float), two["voltage"][b:].astype(float)
@@ -234,7 +235,7 @@ class TestDynamics(TinyFixture):
         # stimulus-driven overall ...
         self.assertLess(unexplained.sum() / var.sum(), 0.4)
         # ... but the recurrent module carries activity the stimulus does not explain
-        rec = net.group == sim.ROLES.index("recurrent")
+        rec = net.group == network.ROLES.index("recurrent")
         self.assertGreater(unexplained[rec].sum() / var[rec].sum(), 0.2)
         # removing the module's recurrence changes its activity ...
         cut, _ = sim.simulate_arrays(net, p, "textures", n, 1, stimulus=stim, kinds=(0, 1))
@@ -281,12 +282,12 @@ class TestDynamics(TinyFixture):
 class TestLabPreset(unittest.TestCase):
     def test_lab_network_shape_and_a_few_steps(self) -> None:
         # layout and wiring only: skip the per-type calibration (tens of seconds at this size)
-        p = sim.PRESETS["lab"].model_copy(update={"calibration_passes": 0})
+        p = network.PRESETS["lab"].model_copy(update={"calibration_passes": 0})
         net = sim.build_network(p, np.random.default_rng(0))
         self.assertEqual(net.n_neurons, 13_741)
         self.assertEqual(net.n_stimulus, 1_736)
         self.assertEqual(len(net.type_names), 65)
-        self.assertEqual(tuple(net.type_names), sim.LAB_TYPE_NAMES)
+        self.assertEqual(tuple(net.type_names), network.LAB_TYPE_NAMES)
         first = [net.type_names[k] for k in net.neuron_type[: net.n_stimulus : 217]]
         self.assertEqual(first, [f"R{i}" for i in range(1, 9)])
         self.assertLess(net.rho, p.spectral_radius + 1e-3)  # contraction: stable

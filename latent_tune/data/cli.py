@@ -16,8 +16,9 @@ from typing import NoReturn
 import yaml
 
 from latent_tune.data.format import HEADER_FILE, STIMULUS, SUITE_FILE, arrow_file
+from latent_tune.data.network import PRESETS
 from latent_tune.data.reader import Dataset
-from latent_tune.data.simulate import PRESETS, simulate_suite
+from latent_tune.data.simulate import simulate_suite
 from latent_tune.data.suite import Suite
 from latent_tune.errors import UserInputError, run_cli
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import zarr
 
-from latent_tune.data.simulate import LAB_TYPE_NAMES
+from latent_tune.data.network import LAB_TYPE_NAMES
 from latent_tune.data.writer import DatasetWriter
 from latent_tune.errors import UserInputError
 

@@ -24,6 +24,7 @@ from latent_tune.data.format import (
     parse_manifest,
     write_manifest,
 )
+from latent_tune.data.network import PRESETS
 from latent_tune.data.reader import Dataset
 from latent_tune.errors import UserInputError
 
@@ -155,9 +156,9 @@ NOT_ON_FIRST_USE = ("lab",)  # presets a config must point at explicitly (data.s
 
 def ensure_demo_suite(preset: str = "demo", seed: int = 0) -> Path:
     """Return the cached demo suite of (preset, seed), simulating it first if needed."""
-    if preset not in simulate.PRESETS:
+    if preset not in PRESETS:
         raise UserInputError(
-            None, "preset", f"unknown preset {preset!r} (one of {sorted(simulate.PRESETS)})"
+            None, "preset", f"unknown preset {preset!r} (one of {sorted(PRESETS)})"
         )
     final = demo_suite_dir(preset, seed)
     if (final / SUITE_FILE).is_file() and _is_complete(final):
