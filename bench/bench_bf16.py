@@ -11,7 +11,8 @@ difference). The yardstick is how far two float32 runs that differ only in their
 apart: training is chaotic enough that any perturbation changes the trajectory, so a bf16
 difference of the same size as the seed-to-seed one cannot change which recipe a search picks
 any more than re-seeding does. bf16 autocast acts on CPU too
-(``latent_tune/training/precision.py``), natively on CPUs with AVX512-BF16 or AMX.
+(``latent_tune/training/precision.py``), natively on CPUs with AVX512-BF16 or AMX. On CUDA the
+float32 runs use TF32 matmuls where ``training.tf32`` is on (the default), as a real trial does.
 """
 
 from __future__ import annotations
