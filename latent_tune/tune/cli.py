@@ -32,6 +32,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.errors import UserInputError, run_cli
+from latent_tune.tune.capacity import check_capacity, node_capacities
 from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, preview_trials, total_trials
 from latent_tune.tune.resolve import Resolved, bundled_dir, make_trial_fn, resolve
@@ -502,10 +503,25 @@ def _search(args: argparse.Namespace) -> int:
     with _env(_QUIET_ENV):
         ctx, local = _connect(args.address, plan, storage_given)
         try:
+            _check_capacity(plan, fixed=local)
             return _run(plan, args, ctx)
         finally:
             if local:
                 ray.shutdown()
+
+
+def _check_capacity(plan: Plan, *, fixed: bool) -> None:
+    """Refuse (own local Ray) or warn (a cluster) when no node can hold one trial."""
+    res = plan.res.space.resources
+    warning = check_capacity(
+        node_capacities(ray.nodes()),
+        res.cpu,
+        res.gpu,
+        file=plan.res.space_file,
+        fixed=fixed,
+    )
+    if warning:
+        print(warning, flush=True)
 
 
 def _print_failed(trials: Any) -> None:
