@@ -36,7 +36,7 @@ from latent_tune.tune.capacity import check_capacity, node_capacities
 from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, preview_trials, total_trials
 from latent_tune.tune.resolve import Resolved, bundled_dir, make_trial_fn, resolve
-from latent_tune.tune.results import export_all, format_ranked, records_from_grid
+from latent_tune.tune.results import export_all, format_ranked, param_labels, records_from_grid
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
 from latent_tune.tune.space import find_space_file, load_space
 from latent_tune.tune.stoppers import SearchStopper
@@ -181,8 +181,9 @@ def _print_plan(plan: Plan) -> None:
         )
         print(f"  {k}: {e.kind} {e.values}{extra}")
     print("first trials (seeded preview):")
+    labels = param_labels(sp.space)
     for i, params in enumerate(preview_trials(sp)):
-        vals = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in params.items())
+        vals = ", ".join(f"{labels[k]}={_short(v)}" for k, v in params.items())
         print(f"  {i:3d}  {vals}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "error_text",
     "export_all",
     "format_ranked",
+    "param_labels",
     "pbt_history",
     "rank_trials",
     "records_from_dir",
@@ -407,6 +409,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def param_labels(paths: Iterable[str]) -> dict[str, str]:
+    """Column labels of dotted parameter paths: the path without its config section
+    (`loss.aug.coeff` -> `aug.coeff`, `training.time_units` -> `time_units`), so nested leaves
+    of the same name stay apart (`encoder.hidden_units`, `evolver.hidden_units`); a label two
+    sections share (`training.seed`, `acquisition.seed`) keeps its full path."""
+    paths = list(paths)
+    label = {p: p.split(".", 1)[-1] for p in paths}
+    counts = Counter(label.values())
+    return {p: (v if counts[v] == 1 else p) for p, v in label.items()}
+
+
 def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limit: int = 20) -> str:
     """A compact ranked table for the console."""
     params = list(params)
@@ -416,7 +429,7 @@ def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limi
     if "experiment" in trials.columns:
         cols.insert(1, "experiment")
     cols = [c for c in cols if c in trials.columns]
-    short = {p: p.split(".")[-1] for p in params}
+    short = param_labels(params)
     header = [short.get(c, c) for c in cols]
     body = [[_fmt(row[c]) for c in cols] for _, row in trials.head(limit).iterrows()]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
