@@ -62,7 +62,7 @@ def _rss_now() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _reset_peak(device: torch.device) -> int:
+def reset_peak(device: torch.device) -> int:
     """Start a peak measurement; returns the bytes in use now."""
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -72,7 +72,7 @@ def _reset_peak(device: torch.device) -> int:
     return _rss_now()
 
 
-def _peak(device: torch.device) -> int:
+def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(device)
@@ -130,9 +130,14 @@ def child(what: str, device: torch.device, rollout: int, cfg: TrainConfig) -> di
             opt.step()
 
     run()  # warm-up: Adam state, allocator caches
-    base = _reset_peak(device)
+    base = reset_peak(device)
     run()
-    return {"transient_bytes": max(0, _peak(device) - base), "batch_size": batch, "tu": tu}
+    return {"transient_bytes": max(0, peak_bytes(device) - base), "batch_size": batch, "tu": tu}
+
+
+def _pythonpath() -> str:
+    """The repo first, then whatever the caller had (a GPU machine may carry packages there)."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def measure(what: str, device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def measure(what: str, device: torch.device, args: argparse.Namespace) -> dict[s
     out = subprocess.run(
         [sys.executable, __file__, "--child", what, "--device", str(device)]
         + ["--rollout", str(args.rollout), *extra],
-        env={**os.environ, **_CHILD_ENV, "PYTHONPATH": str(REPO)},
+        env={**os.environ, **_CHILD_ENV, "PYTHONPATH": _pythonpath()},
         capture_output=True,
         text=True,
         check=True,

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_bench(script: str, *args: str, cache: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
-        env = {**os.environ, "LATENT_TUNE_DATA": str(cache), "PYTHONPATH": str(ROOT)}
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = {**os.environ, "LATENT_TUNE_DATA": str(cache), "PYTHONPATH": path}
         proc = subprocess.run(
             [sys.executable, str(ROOT / "bench" / script), *args, "--out", str(out)],
             capture_output=True,
@@ -77,6 +78,17 @@ class TestBenchSmoke(unittest.TestCase):
             )
         # Seeds 0 and 1 differ, so the yardstick is a real distance.
         self.assertGreater(res["summary"]["float32_seed_pair_final_rel_diff_mean_abs"], 0.0)
+
+    def test_trial_memory_bench(self) -> None:
+        args = ("--device", "cpu", "--preset", "tiny", "--batches", "1")
+        res = run_bench("bench_trial_memory.py", *args, "--threads", "1", cache=self.cache)
+        self.assertEqual((res["bench"], res["preset"]), ("trial_memory", "tiny"))
+        self.assertEqual(res["suite"], "simulated (temporary)")
+        self.assertTrue(math.isfinite(res["crossval_rollout_mse"]))
+        # A CPU peak is the process's peak RSS: at least what it held before the trial.
+        measured = res["measured"]
+        self.assertGreaterEqual(measured["peak_gb"], measured["before_gb"])
+        self.assertGreater(measured["before_gb"], 0.0)
 
 
 if __name__ == "__main__":
