@@ -48,7 +48,7 @@ class TestBenchSmoke(unittest.TestCase):
         cls._tmp.cleanup()
 
     def test_masked_decode_bench(self) -> None:
-        args = ("--device", "cpu", "--sizes", "demo", "--steps", "1", "--rollout", "60")
+        args = ("--device", "cpu", "--sizes", "demo", "--steps", "1", "--rollout", "60", "--bf16")
         res = run_bench("bench_masked_decode.py", *args, "--threads", "1", cache=self.cache)
         self.assertEqual((res["bench"], res["device"]), ("masked_decode", "cpu"))
         demo = res["sizes"]["demo"]
@@ -60,6 +60,10 @@ class TestBenchSmoke(unittest.TestCase):
         self.assertEqual(roll["rollout_steps"], 60)
         # On a CPU the fast rollout is the plain computation: the same objective to the bit.
         self.assertEqual(roll["mse_overall_fast"], roll["mse_overall_plain"])
+        # --bf16 (the GPU checks pass it) times the bf16 step and rollout too.
+        self.assertTrue(demo["train_step_bf16"]["bf16"])
+        self.assertGreater(demo["train_step_bf16"]["masked_step_s"], 0.0)
+        self.assertNotEqual(roll["mse_overall_fast_bf16"], roll["mse_overall_fast"])
 
     def test_bf16_bench(self) -> None:
         args = ("--device", "cpu", "--config", "tiny", "--epochs", "1", "--seeds", "0,1")
