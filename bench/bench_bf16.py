@@ -18,7 +18,6 @@ float32 runs use TF32 matmuls where ``training.tf32`` is on (the default), as a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 from bench_training import CONFIGS as SIZE_CONFIGS
-from bench_training import bench_device, device_info
+from bench_training import bench_device, device_info, emit_json
 
 from latent_tune.training.config import load_config
 from latent_tune.training.trainer import Trainer
@@ -121,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": runs,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.out)
     return 0
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import resource
 import time
 from pathlib import Path
 
 import torch
+from bench_training import emit_json
 
 from latent_tune.data.acquisition import make_acquisition
 from latent_tune.data.interpolation import interpolate_staggered
@@ -115,10 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             for d in devices
         ],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_json(report, args.out)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import shutil
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 import pandas as pd
 import ray
 import yaml
+from bench_training import emit_json
 
 from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.search import main as search_main
@@ -254,10 +254,7 @@ def main() -> int:
             k: round((four[k] - one[k]) / n4, 1) for k in one if k in four
         },
     }
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit_json(out, args.out, indent=1)
     return 0 if load["ok"] else 1
 
 

@@ -15,14 +15,13 @@ the bf16 step and rollout).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import bench_device, device_info, random_data, shape_of
+from bench_training import bench_device, device_info, emit_json, random_data, shape_of
 from bench_training import timed as timed_calls
 
 from latent_tune.model.eed import EEDModel
@@ -149,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{size}] rollout plain vs fast ({rollout} steps) ...", file=sys.stderr, flush=True)
         entry["rollout"] = bench_rollout(cfg, n, s, device, rollout=rollout, bf16=args.bf16)
         result["sizes"][size] = entry
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.out)
     return 0
 
 

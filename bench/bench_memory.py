@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_training import LAB_SHAPE, device_info, random_data
+from bench_training import LAB_SHAPE, device_info, emit_json, random_data
 
 from latent_tune.data.interpolation import interpolate_rows
 from latent_tune.data.network import PRESETS
@@ -201,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         else "not measured (outside the allocator)",
         "trial": trial,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit_json(result, args.out)
     return 0
 
 

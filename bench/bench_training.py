@@ -67,6 +67,14 @@ def device_info(device: torch.device) -> dict[str, str]:
     return {"device": str(device), "device_name": name, "torch": torch.__version__}
 
 
+def emit_json(result: dict[str, Any], out: Path | None, indent: int = 2) -> None:
+    """Print a benchmark's JSON and, when asked, write it to a file as well."""
+    text = json.dumps(result, indent=indent)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+
+
 def bench_device(name: str | None, threads: int | None) -> torch.device:
     """The device a benchmark runs on (CUDA when present, TF32 on) and its CPU thread count."""
     if threads:
@@ -272,10 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         if size not in CONFIGS:
             p.error(f"unknown size {size!r} (demo, lab)")
         result["sizes"][size] = bench_size(size, args, device)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.out)
     return 0
 
 

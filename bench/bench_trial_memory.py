@@ -17,7 +17,6 @@ the memory-mapped data pages and the runtime, so it is no device-memory figure (
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 from bench_memory import GB, GPU_GB, peak_bytes, reset_peak
-from bench_training import bench_device, device_info
+from bench_training import bench_device, device_info, emit_json
 
 from latent_tune.data.network import PRESETS
 from latent_tune.data.simulate import simulate_suite
@@ -120,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "crossval_rollout_mse": float(report["crossval_rollout_mse"]),
         "measured": measured,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.out)
     return 0
 
 
