@@ -95,5 +95,47 @@ class TestBenchSmoke(unittest.TestCase):
         self.assertGreater(measured["before_gb"], 0.0)
 
 
+class TestGpuChecksScript(unittest.TestCase):
+    """The GPU check script's own logic, with `echo` standing in for Python (no GPU needed)."""
+
+    def run_script(self, **env: str) -> tuple[subprocess.CompletedProcess, str]:
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run(
+                ["bash", str(ROOT / "bench" / "gpu_checks.sh")],
+                env={**os.environ, "PY": "echo", "OUT": tmp, **env},
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            log = (Path(tmp) / "checks.log").read_text(encoding="utf-8")
+        return proc, log
+
+    def test_every_check_runs_and_writes_json_into_out(self) -> None:
+        proc, log = self.run_script()
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        names = [line.split(":")[0][3:] for line in log.splitlines() if line.startswith("== ")]
+        self.assertEqual(
+            names, ["pytest_cuda", "masked_decode", "memory", "memory_tu50", "bf16", "trial_memory"]
+        )
+        commands = [line for line in log.splitlines() if line.startswith("== ")]
+        benches = [c for c in commands if " bench/" in c]
+        self.assertEqual(len(benches), 5)
+        for c in benches:  # every bench on the GPU, its JSON into $OUT
+            self.assertIn("--device cuda", c)
+            self.assertRegex(c, r"--out \S+/\w+_cuda\.json")
+
+    def test_steps_selects_checks(self) -> None:
+        proc, log = self.run_script(STEPS="memory trial_memory")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        names = [line.split(":")[0][3:] for line in log.splitlines() if line.startswith("== ")]
+        self.assertEqual(names, ["memory", "trial_memory"])
+
+    def test_a_failing_check_fails_the_script_but_not_the_others(self) -> None:
+        proc, log = self.run_script(PY="false")
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(log.count("FAILED: "), 6)
+
+
 if __name__ == "__main__":
     unittest.main()
