@@ -10,9 +10,12 @@ everything closed when the trial ends (`reuse_actors=True` runs many trials per 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -38,7 +41,12 @@ from latent_tune.tune.files import (
 from latent_tune.tune.gpu_share import claim_gpu_share, explain_gpu_oom, peak_gb
 from latent_tune.tune.resolve import META_KEY, trial_config
 
-__all__ = ["run_trial", "weights_digest"]
+__all__ = ["CKPT_TMP_PREFIX", "run_trial", "sweep_orphaned_checkpoint_dirs", "weights_digest"]
+
+# Checkpoint staging dirs in the node's temp dir: `lt-ckpt-<pid>-<random>`, so a later trial can
+# tell the ones whose process is gone.
+CKPT_TMP_PREFIX = "lt-ckpt-"
+ORPHAN_AGE_S = 600.0  # staging lives for seconds; older + dead owner = orphaned
 
 _HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
 
@@ -106,6 +114,42 @@ def _restore(trainer: Trainer, ckpt: tune.Checkpoint, trial_dir: Path, params: d
         f.write(json.dumps(record, default=str) + "\n")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_orphaned_checkpoint_dirs(
+    root: str | os.PathLike | None = None, max_age_s: float = ORPHAN_AGE_S
+) -> list[Path]:
+    """Remove the checkpoint staging dirs of processes that are gone.
+
+    Why: a trial killed while it reports (a lost node's raylet, an OOM kill, the actors of a
+    SIGKILLed driver) cannot clean its own staging dir; at lab scale one holds about 300 MB
+    (trainer state with Adam's moments plus the best model). Every trial sweeps its node's temp
+    dir when it starts. A dir is only removed when its owner PID is dead and it is older than
+    `max_age_s`, so a live trial's dir (or one from another PID namespace, just made) is safe.
+    """
+    base = Path(root if root is not None else tempfile.gettempdir())
+    removed = []
+    now = time.time()
+    for d in base.glob(f"{CKPT_TMP_PREFIX}*-*"):
+        pid = d.name[len(CKPT_TMP_PREFIX) :].split("-", 1)[0]
+        with contextlib.suppress(OSError):
+            if not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            if now - d.stat().st_mtime < max_age_s:
+                continue
+            shutil.rmtree(d)
+            removed.append(d)
+    return removed
+
+
 def _hparam_values(params: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: (v if isinstance(v, bool | int | float | str) else str(v)) for k, v in params.items()
@@ -126,6 +170,7 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
         defaults=defaults,
     )
     params = {k: flatten(cfg)[k] for k in params}  # the coerced values (ints stay ints)
+    sweep_orphaned_checkpoint_dirs()
     torch.set_num_threads(max(1, int(meta.get("cpu", 1))))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     every = max(1, int(meta["checkpoint_every"]))  # PBT/PB2: the perturbation interval
@@ -168,7 +213,7 @@ def _train(
                 # config with the old weights' score and leave an unregistered checkpoint)
                 metrics[DONE] = True
             if trainer.done or epoch % every == 0:
-                with tempfile.TemporaryDirectory(prefix="lt-ckpt-") as tmp:
+                with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-") as tmp:
                     _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
