@@ -158,12 +158,13 @@ def main() -> int:
     os.environ.update(
         RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LATENT_TUNE_DASHBOARD="0"
     )
-    tmp = Path(tempfile.mkdtemp(prefix="lt-bench-"))
     start_local_ray(num_cpus=2, include_dashboard=False)  # the search's loopback-only start
     try:
-        out = {"overhead": overhead(tmp, args.epochs)}
-        if not args.skip_efficiency:
-            out["efficiency"] = efficiency(tmp, args.epochs, args.seeds, args.samples)
+        with tempfile.TemporaryDirectory(prefix="lt-bench-") as name:
+            tmp = Path(name)
+            out = {"overhead": overhead(tmp, args.epochs)}
+            if not args.skip_efficiency:
+                out["efficiency"] = efficiency(tmp, args.epochs, args.seeds, args.samples)
     finally:
         ray.shutdown()
     json.dump(out, sys.stdout, indent=1)
