@@ -34,6 +34,7 @@ from bench_training import emit_json
 
 from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.search import main as search_main
+from latent_tune.tune.cli import ensure_loopback_switch, start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -213,17 +214,17 @@ def main() -> int:
     p.add_argument("--mem-epochs", type=int, default=4, help="epochs of the memory runs")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args()
+    ensure_loopback_switch()  # the local Ray below listens on 127.0.0.1 only
     os.environ.update(
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
         LATENT_TUNE_DASHBOARD="0",
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         PYTHONPATH=str(ROOT),
     )
     suite = ensure_demo_suite("tiny", 0)
     data_bytes = sum(f.stat().st_size for f in suite.rglob("*.arrow"))
     tmp = Path(tempfile.mkdtemp(prefix="lt-load-"))
-    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=args.cpus, include_dashboard=False)
     try:
         space = _space(tmp, "load", args.trials, args.epochs, args.cpu_per_trial)
         wall = _run_search(space, tmp / "storage", "load")

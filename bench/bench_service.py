@@ -28,7 +28,7 @@ import yaml
 from latent_tune.search import main as search_main
 from latent_tune.training.config import apply_overrides, validate_config
 from latent_tune.training.trainer import Trainer
-from latent_tune.tune.cli import start_local_ray
+from latent_tune.tune.cli import ensure_loopback_switch, start_local_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -155,6 +155,7 @@ def main() -> int:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--skip-efficiency", action="store_true")
     args = p.parse_args()
+    ensure_loopback_switch()  # the local Ray below listens on 127.0.0.1 only
     os.environ.update(
         RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", LATENT_TUNE_DASHBOARD="0"
     )

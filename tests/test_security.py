@@ -154,6 +154,33 @@ class LocalRayLoopback(unittest.TestCase):
         self.assertEqual(out.returncode, 3, out.stdout + out.stderr)
         self.assertIn(LOOPBACK_SWITCH, out.stdout)
 
+    def test_a_program_that_starts_ray_itself_reexecutes_with_the_switch(self) -> None:
+        """`ensure_loopback_switch` (the benchmarks call it): same program, switch on at import."""
+        env = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
+        code = (
+            "import os; from latent_tune.tune import cli\n"
+            "print('start', os.getpid(), cli.LOOPBACK_AT_IMPORT, flush=True)\n"
+            "cli.ensure_loopback_switch()\n"
+            "switch = os.environ.get(cli.LOOPBACK_SWITCH)\n"
+            "print('run', os.getpid(), cli.LOOPBACK_AT_IMPORT, switch)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = out.stdout.split()
+        start, run = lines[:3], lines[-4:]
+        self.assertEqual(start[0], "start")
+        self.assertEqual(start[2], "False")
+        # re-executed in place: the same PID, now with the switch read at import
+        self.assertEqual(run, ["run", start[1], "True", "0"])
+
 
 class ShippedFiles(unittest.TestCase):
     """Static checks over what the project ships."""

@@ -41,7 +41,7 @@ from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_search
 from latent_tune.tune.space import find_space_file, load_space
 from latent_tune.tune.stoppers import SearchStopper
 
-__all__ = ["build_parser", "main", "start_local_ray"]
+__all__ = ["build_parser", "ensure_loopback_switch", "main", "start_local_ray"]
 
 CONNECT_TIMEOUT_S = float(os.environ.get("LATENT_TUNE_CONNECT_TIMEOUT", "60"))
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a one-node Ray on 127.0.0.1 only
@@ -287,6 +287,13 @@ def _needs_loopback_restart(args: argparse.Namespace) -> bool:
     """This command will start a local Ray, but its `ray` was imported without the switch."""
     local = (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local"
     return local and not args.dry_run and not LOOPBACK_AT_IMPORT and not ray.is_initialized()
+
+
+def ensure_loopback_switch() -> None:
+    """For a program that starts a local Ray itself (benchmarks): when its `ray` was imported
+    without the loopback switch, re-execute it with the switch (same PID, about 2 s)."""
+    if not LOOPBACK_AT_IMPORT and not ray.is_initialized():
+        _restart_with_loopback()
 
 
 def _restart_with_loopback() -> None:
