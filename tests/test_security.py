@@ -113,6 +113,20 @@ def _is_loopback(ip: str) -> bool:
     return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def _python_without_switch(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in the repo, its environment without the loopback switch."""
+    env = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 class LocalRayLoopback(unittest.TestCase):
     """Start Ray exactly as a local search does; every listener of its processes is loopback."""
 
@@ -136,27 +150,17 @@ class LocalRayLoopback(unittest.TestCase):
 
     def test_refuses_without_the_switch_at_import(self) -> None:
         """In a process whose `ray` was imported without the switch, no local start at all."""
-        env = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
         code = (
             "import sys; from latent_tune.tune.cli import start_local_ray\n"
             "try:\n    start_local_ray(num_cpus=1, include_dashboard=False)\n"
             "except Exception as e:\n    print(e); sys.exit(3)\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            check=False,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = _python_without_switch(code)
         self.assertEqual(out.returncode, 3, out.stdout + out.stderr)
         self.assertIn(LOOPBACK_SWITCH, out.stdout)
 
     def test_a_program_that_starts_ray_itself_reexecutes_with_the_switch(self) -> None:
         """`ensure_loopback_switch` (the benchmarks call it): same program, switch on at import."""
-        env = {k: v for k, v in os.environ.items() if k != LOOPBACK_SWITCH}
         code = (
             "import os; from latent_tune.tune import cli\n"
             "print('start', os.getpid(), cli.LOOPBACK_AT_IMPORT, flush=True)\n"
@@ -164,15 +168,7 @@ class LocalRayLoopback(unittest.TestCase):
             "switch = os.environ.get(cli.LOOPBACK_SWITCH)\n"
             "print('run', os.getpid(), cli.LOOPBACK_AT_IMPORT, switch)\n"
         )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            check=False,
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        out = _python_without_switch(code)
         self.assertEqual(out.returncode, 0, out.stderr)
         lines = out.stdout.split()
         start, run = lines[:3], lines[-4:]
