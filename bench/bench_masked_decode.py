@@ -28,6 +28,7 @@ from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig, load_config
 from latent_tune.training.evaluate import evaluate_dataset
 from latent_tune.training.losses import phase_classes, staggered_loss
+from latent_tune.training.precision import bf16_autocast
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -60,7 +61,7 @@ def bench_step(
         def step(masked: bool = masked, gen: torch.Generator = gen) -> None:
             t0 = torch.randint(tu, rows - horizon - 1, (batch,), generator=gen).to(device)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            with bf16_autocast(bf16, device):
                 terms = staggered_loss(
                     model, x, xi, stim, t0, acq, horizon, cfg.loss, None,
                     masked_decode=masked, classes=classes,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_memory import GB, GPU_GB, peak_bytes, reset_peak
+from bench_memory import CUDA_CONTEXT_GB, GB, GPU_GB, peak_bytes, reset_peak
 from bench_training import bench_device, device_info, emit_json
 
 from latent_tune.data.network import PRESETS
@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
             measured = {
                 "peak_allocated_gb": round(peak / GB, 3),
                 "peak_reserved_gb": round(reserved / GB, 3),
-                f"trials_per_{GPU_GB:.0f}gb_gpu": int(GPU_GB * GB // (reserved + 0.5 * GB)),
-                "note": "reserved = what the process holds; plus about 0.5 GB of CUDA context",
+                f"trials_per_{GPU_GB:.0f}gb_gpu": int(
+                    GPU_GB * GB // (reserved + CUDA_CONTEXT_GB * GB)
+                ),
+                "note": f"reserved = what the process holds; plus {CUDA_CONTEXT_GB} GB of context",
             }
         else:
             measured["before_gb"] = round(base_bytes / GB, 3)
