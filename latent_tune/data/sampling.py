@@ -49,18 +49,23 @@ def batch_starts(
     return torch.randint(int(tu), high + 1, (int(batch_size),), generator=gen, dtype=torch.int64)
 
 
-def eval_starts(length: int, rollout_steps: int, n_starts: int, tu: int, seed: int) -> torch.Tensor:
-    """Sorted distinct evaluation starts in [tu, length - rollout_steps - 1], seeded by `seed`.
+def eval_starts(
+    length: int, rollout_steps: int, n_starts: int, margin: int, seed: int
+) -> torch.Tensor:
+    """Sorted distinct evaluation starts in [margin, length - rollout_steps - 1], seeded by `seed`.
 
+    Why a margin and a seed of their own (not tu, not the training seed): every trial of a
+    search, whatever its tu, recipe context or training seed, must be scored on the same
+    windows, so the margin covers the largest context a search may need before a start.
     Each start leaves room for the rollout's targets start + 1 .. start + rollout_steps. Fewer
     than n_starts come back only when the range holds fewer distinct positions.
     """
-    _check_positive(length=length, rollout_steps=rollout_steps, n_starts=n_starts, tu=tu)
-    low, high = int(tu), int(length) - int(rollout_steps) - 1
+    _check_positive(length=length, rollout_steps=rollout_steps, n_starts=n_starts, margin=margin)
+    low, high = int(margin), int(length) - int(rollout_steps) - 1
     if high < low:
         raise ValueError(
             f"array of {length} steps is too short for a {rollout_steps}-step rollout "
-            f"after {tu} warm-up steps"
+            f"after a {margin}-step start margin"
         )
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))

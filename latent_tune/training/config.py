@@ -178,6 +178,12 @@ class TrainingConfig(_Strict):
 
 class EvaluationConfig(_Strict):
     every: PositiveInt = 1
+    # The evaluation windows: drawn from their own seed and at least `start_margin` rows into
+    # each evaluation range, so every trial of a search (any tu, recipe or training seed) is
+    # scored on the same windows. The margin must cover the context a recipe reads before a
+    # start (tu rows for the interpolated EED start frame).
+    seed: int = 0
+    start_margin: PositiveInt = 100
     rollout_steps: PositiveInt = 2000
     starts: PositiveInt = 10
     divergence_threshold: PositiveFloat = 1.0
@@ -225,6 +231,12 @@ class TrainConfig(_Strict):
                 "training.evolve_multiple_steps",
                 "the staggered recipe needs time_units * evolve_multiple_steps >= 2 "
                 "(with a horizon of 1 the evolver is never trained)",
+            )
+        if self.evaluation.start_margin < self.training.time_units:
+            raise KeyedValueError(
+                "evaluation.start_margin",
+                f"must be >= training.time_units = {self.training.time_units} (the context "
+                "of an interpolated start frame); raise it for the whole search",
             )
         if self.evaluation.rollout_steps <= self.horizon:
             raise KeyedValueError(

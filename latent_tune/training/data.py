@@ -171,7 +171,11 @@ class RunData:
         cfg: TrainConfig,
         device: torch.device | str,
     ) -> EvalSet:
-        """One evaluation set on the device, with interpolation and seeded starts."""
+        """One evaluation set on the device, with interpolation and its fixed starts.
+
+        The starts depend only on the range, `evaluation.{seed, start_margin, starts,
+        rollout_steps}`: never on tu or the training seed, so runs are scored on the same windows.
+        """
         x = to_device(ds.activity(self.quantity)[rng[0] : rng[1]], device)
         stim = to_device(ds.stimulus()[rng[0] : rng[1]], device)
         x_interp = interpolate_staggered(
@@ -183,8 +187,8 @@ class RunData:
                 rng[1] - rng[0],
                 cfg.evaluation.rollout_steps,
                 cfg.evaluation.starts,
-                acq.effective_tu,
-                cfg.training.seed,
+                cfg.evaluation.start_margin,
+                cfg.evaluation.seed,
             )
         except ValueError as exc:
             raise UserInputError(None, key, f"{name}: {exc}") from None
