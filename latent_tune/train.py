@@ -22,7 +22,7 @@ import yaml
 from latent_tune.atomic import atomic_write_text
 from latent_tune.errors import UserInputError, run_cli
 from latent_tune.training.checkpoint import save_state
-from latent_tune.training.config import TrainConfig, flatten, load_config
+from latent_tune.training.config import BaseTrainConfig, flatten, load_config
 from latent_tune.training.trainer import Trainer
 
 __all__ = ["main", "resolve_config_path", "run_training"]
@@ -113,7 +113,7 @@ def _final_metrics(trainer: Trainer, report: dict[str, Any], wall: float) -> dic
 
 
 def run_training(
-    config: TrainConfig,
+    config: BaseTrainConfig,
     run_dir: Path,
     *,
     source: Path | None = None,

@@ -62,6 +62,8 @@ training:
   bf16: false
 evaluation:
   every: 1
+  seed: 0
+  start_margin: 100
   rollout_steps: 2000
   starts: 10
   divergence_threshold: 1.0

@@ -23,7 +23,8 @@ from latent_tune.model.eed import EEDModel
 from latent_tune.training.checkpoint import check_weights_only, load_state
 from latent_tune.training.config import load_config
 from latent_tune.training.figures import FIGURE_NAMES
-from latent_tune.training.trainer import Trainer, ems_effective
+from latent_tune.training.recipes.eed import ems_effective
+from latent_tune.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "trainables" / "eed_staggered_tiny.yaml"

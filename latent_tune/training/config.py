@@ -25,19 +25,24 @@ from latent_tune.sanity import (
     parse_assignment,
     parse_yaml_mapping,
 )
+from latent_tune.training.recipes.registry import resolve_recipe
 
 __all__ = [
     "AcquisitionConfig",
     "AugConfig",
+    "BaseTrainConfig",
+    "BaseTrainingConfig",
     "CrossvalEntry",
     "DataConfig",
     "EvaluationConfig",
     "L1Config",
     "LossConfig",
     "StimulusAEConfig",
+    "StrictModel",
     "TrainConfig",
     "TrainingConfig",
     "apply_overrides",
+    "config_class",
     "config_paths",
     "flatten",
     "load_config",
@@ -80,6 +85,9 @@ NonNegFloat = Annotated[float, Field(ge=0.0)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+StrictModel = _Strict  # the base of every config section (unknown keys refused), for recipes
 
 
 class CrossvalEntry(_Strict):
@@ -138,12 +146,10 @@ class StimulusAEConfig(_Strict):
     learning_rate: PositiveFloat = 1.0e-4
 
 
-class TrainingConfig(_Strict):
-    time_units: PositiveInt = 20
-    evolve_multiple_steps: PositiveInt = 5
-    ems_warmup_epochs: NonNegInt = 0
-    recon_warmup_epochs: NonNegInt = 0
-    stimulus_ae: StimulusAEConfig = Field(default_factory=StimulusAEConfig)
+class BaseTrainingConfig(_Strict):
+    """The `training.*` leaves every recipe has, at the same dotted paths."""
+
+    time_units: PositiveInt = 20  # the observation period tu of the acquisition
     epochs: PositiveInt = 100
     batch_size: PositiveInt = 256
     learning_rate: PositiveFloat = 1.0e-5
@@ -154,11 +160,20 @@ class TrainingConfig(_Strict):
     seed: int = 234
     compile: bool = False
     tf32: bool = True
+    # bf16 autocast of the train step's forward (CUDA and CPU; off by default).
+    bf16: bool = False
+
+
+class TrainingConfig(BaseTrainingConfig):
+    """EED training: the base leaves plus ems, the EED warm-ups and masked decoding."""
+
+    evolve_multiple_steps: PositiveInt = 5
+    ems_warmup_epochs: NonNegInt = 0
+    recon_warmup_epochs: NonNegInt = 0
+    stimulus_ae: StimulusAEConfig = Field(default_factory=StimulusAEConfig)
     # Staggered recipe: decode only the observed (b, i) pairs (~1/tu of the output layer's
     # work, same loss and gradients); False = the dense reference. The aligned recipe ignores it.
     masked_decode: bool = True
-    # bf16 autocast of the train step's forward (CUDA and CPU; off by default).
-    bf16: bool = False
 
     @property
     def horizon(self) -> int:
@@ -195,16 +210,52 @@ class EvaluationConfig(_Strict):
     bf16: bool = False
 
 
-class TrainConfig(_Strict):
-    """The whole training run; ``recipe`` picks the staggered or the time-aligned loss."""
+class BaseTrainConfig(_Strict):
+    """What every recipe's config has: the recipe name, data, acquisition, base training leaves
+    and evaluation, at the same dotted paths (so evaluation, search and results are shared).
 
-    recipe: Literal["staggered", "aligned"] = "staggered"
+    A recipe's own config subclasses it with its model/loss sections and a richer `training`.
+    """
+
+    recipe: str = "staggered"
     data: DataConfig = Field(default_factory=DataConfig)
     acquisition: AcquisitionConfig = Field(default_factory=AcquisitionConfig)
+    training: BaseTrainingConfig = Field(default_factory=BaseTrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def context_steps(self) -> int:
+        """Rows a recipe reads before a window start (training batches and evaluation)."""
+        return self.training.time_units
+
+    @model_validator(mode="after")
+    def _margin_covers_context(self) -> BaseTrainConfig:
+        need = self.context_steps()
+        if self.evaluation.start_margin < need:
+            raise KeyedValueError(
+                "evaluation.start_margin",
+                f"must be >= {need}, the rows this recipe reads before a start "
+                "(training.time_units for an interpolated start frame); raise it for the "
+                "whole search",
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text (round-trips through ``from_yaml_text``)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml_text(cls, text: str, *, file: str | os.PathLike[str] | None = None) -> Any:
+        """Parse YAML text (e.g. a checkpoint's saved config) into its recipe's config."""
+        return validate_config(parse_yaml_mapping(text, file), file=file)
+
+
+class TrainConfig(BaseTrainConfig):
+    """The EED config; ``recipe`` picks the staggered or the time-aligned loss."""
+
+    recipe: Literal["staggered", "aligned"] = "staggered"
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @property
     def horizon(self) -> int:
@@ -232,12 +283,6 @@ class TrainConfig(_Strict):
                 "the staggered recipe needs time_units * evolve_multiple_steps >= 2 "
                 "(with a horizon of 1 the evolver is never trained)",
             )
-        if self.evaluation.start_margin < self.training.time_units:
-            raise KeyedValueError(
-                "evaluation.start_margin",
-                f"must be >= training.time_units = {self.training.time_units} (the context "
-                "of an interpolated start frame); raise it for the whole search",
-            )
         if self.evaluation.rollout_steps <= self.horizon:
             raise KeyedValueError(
                 "evaluation.rollout_steps",
@@ -245,17 +290,6 @@ class TrainConfig(_Strict):
                 f"= {self.horizon}",
             )
         return self
-
-    def to_yaml(self) -> str:
-        """The resolved config as YAML text (round-trips through ``from_yaml_text``)."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def from_yaml_text(
-        cls, text: str, *, file: str | os.PathLike[str] | None = None
-    ) -> TrainConfig:
-        """Parse YAML text (e.g. a checkpoint's saved config) into a validated config."""
-        return validate_config(parse_yaml_mapping(text, file), file=file)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +300,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def load_config(path: Path | str, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_config(path: Path | str, overrides: Sequence[str] = ()) -> Any:
     """Read a YAML config, apply ``key.path=value`` overrides, validate.
 
     Every failure (unreadable, not UTF-8, not YAML, not a mapping, unknown key, bad value) is a
@@ -302,9 +336,17 @@ def _model_class(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _check_path(parts: list[str]) -> bool:
-    """Whether ``parts`` names a field of TrainConfig (a leaf or a whole section)."""
-    cls: type[BaseModel] | None = TrainConfig
+def config_class(recipe: Any, *, file: str | os.PathLike[str] | None = None) -> type[Any]:
+    """The config class of a recipe name (bundled, registered or `package.module:Class`)."""
+    name = "staggered" if recipe is None else recipe
+    if not isinstance(name, str):
+        raise UserInputError(file, "recipe", f"expected a recipe name, got {_kind(name)}")
+    return resolve_recipe(name, file=file).config_class
+
+
+def _check_path(parts: list[str], root: type[BaseModel]) -> bool:
+    """Whether ``parts`` names a field of config class ``root`` (a leaf or a whole section)."""
+    cls: type[BaseModel] | None = root
     for part in parts:
         if cls is None or part not in cls.model_fields:
             return False
@@ -324,9 +366,10 @@ def apply_overrides(
     path is a ``UserInputError(file, path, "unknown key ...")``. Values are validated later.
     """
     out = copy.deepcopy(cfg_dict)
+    root = config_class(overrides.get("recipe", out.get("recipe")), file=file)
     for key, value in overrides.items():
         parts = key.split(".")
-        if not all(parts) or not _check_path(parts):
+        if not all(parts) or not _check_path(parts, root):
             raise UserInputError(file, key, "unknown key (not a field of the training config)")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -356,20 +399,20 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return ".".join(loc) or "-", problem
 
 
-def validate_config(
-    d: Mapping[str, Any], *, file: str | os.PathLike[str] | None = None
-) -> TrainConfig:
-    """Validate a plain dict; the first pydantic error becomes UserInputError(file, key, msg)."""
+def validate_config(d: Mapping[str, Any], *, file: str | os.PathLike[str] | None = None) -> Any:
+    """Validate a plain dict into its recipe's config class (``recipe:``, default staggered);
+    the first pydantic error becomes UserInputError(file, key, msg)."""
     if not isinstance(d, Mapping):
         raise UserInputError(file, None, f"expected a mapping at top level, got {_kind(d)}")
+    cls = config_class(d.get("recipe"), file=file)
     try:
-        return TrainConfig.model_validate(dict(d))
+        return cls.model_validate(dict(d))
     except ValidationError as exc:
         key, problem = _first_error(exc)
         raise UserInputError(file, key, problem) from None
 
 
-def flatten(cfg: TrainConfig) -> dict[str, Any]:
+def flatten(cfg: BaseModel) -> dict[str, Any]:
     """Dotted leaf path -> JSON-able value (lists, e.g. ranges, stay whole leaves)."""
     out: dict[str, Any] = {}
 
@@ -384,6 +427,6 @@ def flatten(cfg: TrainConfig) -> dict[str, Any]:
     return out
 
 
-def config_paths(cfg: TrainConfig | None = None) -> set[str]:
+def config_paths(cfg: BaseModel | None = None) -> set[str]:
     """All dotted leaf paths of the config (of the defaults when ``cfg`` is None)."""
     return set(flatten(cfg if cfg is not None else TrainConfig()))

@@ -24,7 +24,7 @@ from latent_tune.data.reader import Dataset
 from latent_tune.data.sampling import eval_starts
 from latent_tune.data.suite import Suite, ensure_demo_suite
 from latent_tune.errors import UserInputError
-from latent_tune.training.config import TrainConfig
+from latent_tune.training.config import BaseTrainConfig
 
 __all__ = [
     "EvalSet",
@@ -58,7 +58,7 @@ def clear_suite_cache() -> None:
         _SUITES.clear()
 
 
-def resolve_suite_path(cfg: TrainConfig) -> Path:
+def resolve_suite_path(cfg: BaseTrainConfig) -> Path:
     """data.suite, or the cached demo suite of data.preset (simulated on first use)."""
     if cfg.data.suite is not None:
         path = Path(cfg.data.suite).expanduser()
@@ -110,7 +110,7 @@ def _range(
 
 
 def _train_range(
-    cfg: TrainConfig, suite: Suite, n_rows: int, val: tuple[int, int]
+    cfg: BaseTrainConfig, suite: Suite, n_rows: int, val: tuple[int, int]
 ) -> tuple[int, int]:
     """Explicit range; the manifest's when val is the manifest's too; else the rows outside val."""
     manifest = suite.manifest.train
@@ -168,7 +168,7 @@ class RunData:
         rng: tuple[int, int],
         *,
         acq: Acquisition,
-        cfg: TrainConfig,
+        cfg: BaseTrainConfig,
         device: torch.device | str,
     ) -> EvalSet:
         """One evaluation set on the device, with interpolation and its fixed starts.
@@ -195,7 +195,7 @@ class RunData:
         return EvalSet(name=name, x=x, x_interp=x_interp, stim=stim, starts=starts)
 
     def eval_sets(
-        self, acq: Acquisition, cfg: TrainConfig, device: torch.device | str
+        self, acq: Acquisition, cfg: BaseTrainConfig, device: torch.device | str
     ) -> tuple[EvalSet, list[EvalSet]]:
         """Validation set and cross-validation sets, loaded once to the device."""
         val = self.eval_set("val", self.train, self.val_range, acq=acq, cfg=cfg, device=device)
@@ -207,7 +207,7 @@ class RunData:
 
 
 def _crossval_specs(
-    cfg: TrainConfig, suite: Suite, quantity: str, n: int, s: int
+    cfg: BaseTrainConfig, suite: Suite, quantity: str, n: int, s: int
 ) -> list[tuple[str, Dataset, tuple[int, int]]]:
     """The configured cross-val datasets (default: the suite's), checked against training."""
     by_name = {name: (ds, rng) for name, ds, rng in suite.crossval}
@@ -253,7 +253,7 @@ def _crossval_specs(
     return specs
 
 
-def load_run_data(cfg: TrainConfig) -> RunData:
+def load_run_data(cfg: BaseTrainConfig) -> RunData:
     """Resolve and open the run's data (memory-mapped; nothing is copied yet)."""
     suite = open_suite(resolve_suite_path(cfg))
     train = suite.train

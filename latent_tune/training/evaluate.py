@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from latent_tune.model.eed import EEDModel
 from latent_tune.training.precision import bf16_autocast
 
 __all__ = [
@@ -191,7 +190,7 @@ def _neuron_mse(a: Tensor, b: Tensor) -> Tensor:
 
 @torch.no_grad()
 def evaluate_dataset(
-    model: EEDModel,
+    model: nn.Module,
     x: Tensor,
     x_interp: Tensor,
     stim: Tensor,
@@ -207,6 +206,7 @@ def evaluate_dataset(
     short_steps: int = SHORT_STEPS,
     fast: bool = False,
     bf16: bool = False,
+    z0: Tensor | None = None,
 ) -> DatasetEval:
     """Roll the model out open-loop from every start at once and reduce on the device.
 
@@ -217,7 +217,10 @@ def evaluate_dataset(
     ``finite`` False and the metrics NaN/inf, which ``crossval_objective`` penalises.
     ``trace_neurons`` (e.g. one per cell type) selects the neurons whose rollout traces are kept
     for the figures; ``block_steps`` only trades memory for speed. ``fast`` and ``bf16``: see
-    the module docstring (``fast`` gives the plain result up to float rounding).
+    the module docstring (``fast`` gives the plain result up to float rounding). ``z0`` (n, L)
+    is the rollout's initial state per start when the recipe makes its own (it must read only
+    rows up to each start); by default the model encodes the interpolated start frame.
+    Any model with ``encode_stimulus``, ``rollout`` and ``decode`` (EED's interface) works.
     """
     ref = next(iter(model.parameters()))
     device = ref.device
@@ -243,9 +246,13 @@ def evaluate_dataset(
     try:
         x_start = rows_to_dev(x, st).to(dtype)  # (n, N)
         xi_start = rows_to_dev(x_interp, st)
+        fast = fast and hasattr(model, "evolver")  # the compiled step is EED's residual step
         step = _step_fn(fast, device)
-        with bf16_autocast(bf16, device):
-            z = model.encode(xi_start).to(ref.dtype)  # the latent state stays in full precision
+        if z0 is None:
+            with bf16_autocast(bf16, device):
+                z = model.encode(xi_start).to(ref.dtype)  # the latent state stays full precision
+        else:
+            z = z0.to(device=device, dtype=ref.dtype)
         xi_start = xi_start.to(dtype)
         curves = torch.full((1 + len(BASELINES), n, steps), math.nan, device=device, dtype=dtype)
         truth_mom = _Moments() if need_figures else None

@@ -3,7 +3,8 @@
 Why: latent_tune never imports `trainables` except here, by name, and only in two forms a user
 wrote: a bare name (`eed_staggered` -> `trainables.eed_staggered.train`, restricted to that
 package) or an explicit `package.module:function`. The same resolution turns a trial's sampled
-values into a validated TrainConfig, in the driver (before Ray starts) and in the trial.
+values into a validated training config (its recipe's class), in the driver (before Ray
+starts) and in the trial.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 from latent_tune.errors import UserInputError
 from latent_tune.sanity import check_values, load_yaml_mapping
 from latent_tune.training.config import (
-    TrainConfig,
+    BaseTrainConfig,
     apply_overrides,
     config_paths,
     flatten,
@@ -121,7 +122,7 @@ class Resolved:
     recipe: str | None
     base_file: Path
     base_dict: dict[str, Any]  # base config with the space's overrides applied (not validated)
-    base_config: TrainConfig
+    base_config: BaseTrainConfig
     leaf_defaults: dict[str, Any] = field(default_factory=dict)
 
     def meta(self) -> dict:
@@ -165,8 +166,8 @@ def trial_config(
     recipe: str | None,
     file: str | os.PathLike | None,
     defaults: Mapping[str, Any] | None = None,
-) -> TrainConfig:
-    """Base config + sampled dotted values -> validated TrainConfig."""
+) -> BaseTrainConfig:
+    """Base config + sampled dotted values -> validated training config (its recipe's class)."""
     d = dict(base_dict)
     if recipe is not None:
         d["recipe"] = recipe

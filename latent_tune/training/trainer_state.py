@@ -1,0 +1,114 @@
+"""A trainer's complete state: what save -> restore -> next epoch needs to be exact.
+
+Why its own module: the state is a contract (weights_only-loadable: tensors, numbers, strings,
+lists, dicts), versioned by `STATE_FORMAT`; a checkpoint of another format is refused with one
+line instead of restoring something half right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "STATE_FORMAT",
+    "StateFormatError",
+    "cpu_state",
+    "detached_copy",
+    "load_into",
+    "state_of",
+]
+
+STATE_FORMAT = "latent_tune.trainer/2"
+
+
+class StateFormatError(ValueError):
+    """A checkpoint written by another version of the trainer (cannot be resumed exactly)."""
+
+
+def cpu_state(module: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of a module's weights (kept as the best model)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def detached_copy(obj: Any) -> Any:
+    """Deep copy of a nested state with every tensor detached, cloned and moved to the CPU.
+
+    A state must not alias live parameters: training on after state_dict() would change it.
+    """
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {k: detached_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(detached_copy(v) for v in obj)
+    return obj
+
+
+def state_of(trainer: Any) -> dict[str, Any]:
+    """The complete state of `trainer` (see the module docstring)."""
+    return {
+        "format": STATE_FORMAT,
+        "config": trainer.config.to_yaml(),
+        "epoch": int(trainer.epoch),
+        "phase": trainer.phase,
+        "phases_done": list(trainer.phases_done),
+        "model": detached_copy(trainer.model.state_dict()),
+        "optimizer": detached_copy(trainer.optimizer.state_dict()),
+        "generator": trainer.generator.get_state(),
+        "recipe": detached_copy(trainer.recipe.state_dict()),
+        "phases": trainer.acq.phases.clone(),
+        "best": {
+            "value": float(trainer.best_value),
+            "epoch": int(trainer.best_epoch),
+            "penalised": bool(trainer.best_penalised),
+            "model": trainer.best_model if trainer.best_model is not None else {},
+        },
+        "last_eval": {
+            k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in trainer.last_eval.items()
+        },
+        "last_dataset_metrics": {k: dict(v) for k, v in trainer.last_dataset_metrics.items()},
+        "last_losses": dict(trainer.last_losses),
+        "total_elapsed": float(trainer.total_elapsed),
+        "optimizer_steps": int(trainer.optimizer_steps),
+    }
+
+
+def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
+    """Restore `state_of()` into `trainer`; the learning rate comes from the trainer's config.
+
+    Why the config wins for lr (and the phases): under PBT a trial may continue from another
+    trial's weights with its own, perturbed hyperparameters.
+    """
+    if state.get("format") != STATE_FORMAT:
+        raise StateFormatError(
+            f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT!r} (written by "
+            "another latent_tune version): start the run or search again"
+        )
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = trainer.config.training.learning_rate
+    trainer.generator.set_state(state["generator"].to(torch.uint8).cpu())
+    trainer.recipe.load_state_dict(state.get("recipe", {}), trainer.model)
+    trainer.epoch = int(state["epoch"])
+    trainer.phase = str(state["phase"])
+    trainer.phases_done = list(state["phases_done"])
+    best = state["best"]
+    trainer.best_value = float(best["value"])
+    trainer.best_epoch = int(best["epoch"])
+    trainer.best_penalised = bool(best["penalised"])
+    trainer.best_model = (
+        {k: v.detach().cpu().clone() for k, v in best["model"].items()} if best["model"] else None
+    )
+    trainer.last_eval = dict(state["last_eval"])
+    trainer.last_dataset_metrics = {
+        k: {m: float(x) for m, x in v.items()}
+        for k, v in state.get("last_dataset_metrics", {}).items()
+    }
+    trainer.last_losses = {k: float(v) for k, v in state["last_losses"].items()}
+    trainer.total_elapsed = float(state["total_elapsed"])
+    trainer.optimizer_steps = int(state.get("optimizer_steps", 0))
