@@ -51,7 +51,7 @@ def evaluate_set(
         es.x_interp,
         es.stim,
         es.starts,
-        tu=trainer.acq.effective_tu,
+        tu=trainer.recipe.loss_period(),
         horizon=trainer.recipe.eval_horizon(),
         rollout_steps=ev.rollout_steps,
         threshold=ev.divergence_threshold,
@@ -80,6 +80,9 @@ def objective_metrics(
     obj["penalised"] = any(is_penalised(e, penalty_factor) for e in cv.values())
     obj["constant_rollout_mse"] = float(
         np.mean([e.metrics["constant_mse_overall"] for e in cv.values()])
+    )
+    obj["linear_rollout_mse"] = float(
+        np.mean([e.metrics["linear_interp_mse_overall"] for e in cv.values()])
     )
     obj["val_mse_overall"] = float(evals["val"].metrics["mse_overall"])
     for name, e in cv.items():

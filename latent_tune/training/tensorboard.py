@@ -87,9 +87,15 @@ class TBLogger:
         return self._writer is not None
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        """One scalar; non-finite values are written too (TensorBoard shows them as gaps)."""
-        if self._writer is not None:
-            self._writer.add_scalar(tag, float(value), int(step))
+        """One scalar; a NaN/inf value is skipped (a gap in the curve).
+
+        Why skip: TensorBoard cannot plot them, and tensorboardX warns "NaN or Inf found in
+        input tensor" for each (e.g. three times an epoch for the intervening MSE at tu = 1);
+        the reports and results.parquet keep the value.
+        """
+        value = float(value)
+        if self._writer is not None and math.isfinite(value):
+            self._writer.add_scalar(tag, value, int(step))
 
     def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
         """Many scalars under `prefix` + name (e.g. `Loss/train_` + `total`)."""

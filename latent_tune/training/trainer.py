@@ -16,6 +16,7 @@ phases are extra epochs run inside the first `train_epoch()` call.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import time
@@ -121,6 +122,7 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         self.total_elapsed = 0.0
         self.optimizer_steps = 0
+        self.adopted_at = 0  # the epoch this run took over another run's weights (0: never)
 
     # ------------------------------------------------------------------ properties
 
@@ -310,6 +312,8 @@ class Trainer:
             "total_elapsed": float(self.total_elapsed),
             "evaluated": bool(evaluated),
             "optimizer_steps": int(self.optimizer_steps),
+            "linear_rollout_mse": float(last.get("linear_rollout_mse", math.nan)),
+            "adopted_at_epoch": int(self.adopted_at),
         }
         for k, v in (extra or {}).items():
             out[k] = v
@@ -346,6 +350,23 @@ class Trainer:
         """Restore a state_dict() (see trainer_state.load_into)."""
         load_into(self, state)
         self._chunk = None
+
+    def adopt(self, state: Mapping[str, Any], key: str) -> None:
+        """Continue from ANOTHER run's state (a PBT exploit): its weights, optimizer and epoch,
+        but this run's own data order and no inherited best.
+
+        Why: with the donor's generator states, donor and clone would train on identical
+        batches; with the donor's best-so-far, the clone's exported best model would be the
+        donor's weights next to the clone's explored config. The new generator seeds derive
+        from `key` (e.g. the trial id and epoch), so a retry of the same trial is still exact.
+        """
+        self.load_state_dict(state)
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
+        self.generator.manual_seed(seed)
+        self.recipe.reseed(seed + 1)
+        self.best_value, self.best_epoch, self.best_penalised = math.inf, self.epoch, True
+        self.best_model = None
+        self.adopted_at = self.epoch
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write state_dict() atomically to `path`."""

@@ -74,6 +74,7 @@ def state_of(trainer: Any) -> dict[str, Any]:
         "last_losses": dict(trainer.last_losses),
         "total_elapsed": float(trainer.total_elapsed),
         "optimizer_steps": int(trainer.optimizer_steps),
+        "adopted_at": int(trainer.adopted_at),
     }
 
 
@@ -89,7 +90,9 @@ def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
             "another latent_tune version): start the run or search again"
         )
     trainer.model.load_state_dict(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
+    # a copy: torch's optimizer keeps same-device tensors as they are, and would then update
+    # the caller's state in place (two trainers restored from one dict would share moments)
+    trainer.optimizer.load_state_dict(detached_copy(state["optimizer"]))
     for group in trainer.optimizer.param_groups:
         group["lr"] = trainer.config.training.learning_rate
     trainer.generator.set_state(state["generator"].to(torch.uint8).cpu())
@@ -112,3 +115,4 @@ def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
     trainer.last_losses = {k: float(v) for k, v in state["last_losses"].items()}
     trainer.total_elapsed = float(state["total_elapsed"])
     trainer.optimizer_steps = int(state.get("optimizer_steps", 0))
+    trainer.adopted_at = int(state.get("adopted_at", 0))

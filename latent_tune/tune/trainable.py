@@ -28,7 +28,7 @@ from ray import tune
 from ray.tune.result import DONE
 from tensorboardX import SummaryWriter
 
-from latent_tune.training.config import TrainConfig, flatten, validate_config
+from latent_tune.training.config import BaseTrainConfig, flatten, validate_config
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
 from latent_tune.training.trainer import Trainer
 from latent_tune.tune.files import (
@@ -91,14 +91,24 @@ def _write_checkpoint(
     (out / META_FILE).write_text(json.dumps(meta, default=str), encoding="utf-8")
 
 
-def _restore(trainer: Trainer, ckpt: tune.Checkpoint, trial_dir: Path, params: dict) -> None:
-    """Load weights/optimizer/RNG from a checkpoint (maybe a PBT donor's) into this trial."""
+def _restore(
+    trainer: Trainer, ckpt: tune.Checkpoint, trial_dir: Path, params: dict, trial_id: str
+) -> None:
+    """Load weights/optimizer/RNG from a checkpoint (maybe a PBT donor's) into this trial.
+
+    Its own checkpoint (a retry, a resume) restores exactly; a donor's (a PBT exploit) is
+    adopted: fresh data order seeded from this trial and epoch, no inherited best model.
+    """
     with ckpt.as_directory() as d:
         trainer_path = Path(d) / TRAINER_FILE
         state = torch.load(trainer_path, map_location="cpu", weights_only=True)
         meta_path = Path(d) / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    trainer.load_state_dict(state)
+    donor = meta.get("trial_id")
+    if donor is not None and donor != trial_id:
+        trainer.adopt(state, key=f"{trial_id}:{state.get('epoch')}")
+    else:
+        trainer.load_state_dict(state)
     record = {
         "time": time.time(),
         "epoch": trainer.epoch,
@@ -181,7 +191,7 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
 
 
 def _train(
-    cfg: TrainConfig, params: dict[str, Any], device: torch.device, *, every: int, metric: str
+    cfg: BaseTrainConfig, params: dict[str, Any], device: torch.device, *, every: int, metric: str
 ) -> None:
     """The epoch loop: one report per epoch, a checkpoint every `every` epochs and at the end."""
     ctx = tune.get_context()
@@ -192,7 +202,7 @@ def _train(
     try:
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
-            _restore(trainer, ckpt, trial_dir, params)
+            _restore(trainer, ckpt, trial_dir, params, trial_id)
         metric_names = dict.fromkeys((metric, *_HPARAM_METRICS))
         write_hparams(writer, _hparam_values(params), dict.fromkeys(metric_names, math.nan))
         while not trainer.done:

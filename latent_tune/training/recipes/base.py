@@ -63,6 +63,13 @@ class Recipe:
         """Rows after a batch start that main epoch `epoch` (0-based) trains on."""
         raise NotImplementedError
 
+    def loss_period(self) -> int:
+        """Steps between the training loss points (training.time_units: also under
+        all_time_points acquisition, where every step is observed but the loss still sits on
+        the tu grid); the evaluation's loss-point / intervening metrics and its linear
+        baseline use this grid."""
+        return int(self.config.training.time_units)
+
     def eval_horizon(self) -> int:
         """The training horizon the evaluation's fit-window metrics refer to."""
         return self.horizon(self.config.training.epochs - 1)
@@ -86,6 +93,9 @@ class Recipe:
     def phases(self) -> list[Phase]:
         """Pre-training phases in order (only the enabled ones)."""
         return []
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the recipe's own random generators (after adopting another run's state)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The recipe's own state (its random generators; weights_only-loadable)."""

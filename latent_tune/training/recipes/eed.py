@@ -110,6 +110,10 @@ class EEDRecipe(Recipe):
         model.stimulus_encoder.requires_grad_(False)
         self.stimulus_frozen = True
 
+    def reseed(self, seed: int) -> None:
+        if self.aug is not None:
+            self.aug.generator.manual_seed(seed)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "aug": self.aug.state_dict() if self.aug is not None else {},
