@@ -153,7 +153,7 @@ def space_distributions(
             notes.append("the search-space text does not parse; distributions were inferred")
     out: dict[str, BaseDistribution] = {}
     for p in params:
-        values = observed[p] if p in observed.columns else pd.Series([], dtype=object)
+        values = observed[p].dropna() if p in observed.columns else pd.Series([], dtype=object)
         try:
             dist = _entry_distribution(DistEntry.model_validate(entries[p]))
         except (KeyError, ValidationError, TypeError, ValueError):
