@@ -229,13 +229,20 @@ def compute_importances(
     if not varied:
         imp.notes.append("no parameter varied across the scored trials")
         return imp
-    imp.fanova = {p: 0.0 for p in params} | _evaluate(
-        study, FanovaImportanceEvaluator(seed=0), varied
-    )
-    try:
-        imp.ped_anova = {p: 0.0 for p in params} | _evaluate(
-            study, PedAnovaImportanceEvaluator(), varied
-        )
-    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
-        imp.notes.append(f"PED-ANOVA not available: {' '.join(str(exc).split())[:200]}")
+    if rows[metric].nunique() < 2:
+        imp.notes.append("every scored trial has the same objective: nothing to attribute")
+        return imp
+    for name, evaluator in (
+        ("fANOVA", FanovaImportanceEvaluator(seed=0)),
+        ("PED-ANOVA", PedAnovaImportanceEvaluator()),
+    ):
+        try:
+            got = {p: 0.0 for p in params} | _evaluate(study, evaluator, varied)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            imp.notes.append(f"{name} not available: {' '.join(str(exc).split())[:200]}")
+            continue
+        if name == "fANOVA":
+            imp.fanova = got
+        else:
+            imp.ped_anova = got
     return imp
