@@ -27,7 +27,7 @@ from PIL import Image
 from latent_tune.report import main as report_main
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.html_report import write_report_html
-from latent_tune.tune.importance import common_budget
+from latent_tune.tune.importance import common_budget, compute_importances
 from latent_tune.tune.results import rank_trials
 from tests.ray_cluster import QUIET
 from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
@@ -350,6 +350,22 @@ class SyntheticReport(_PageChecks, unittest.TestCase):
         )
         self.assertEqual(common_budget(results, {"c": "stopped_early"}), 1)
         self.assertEqual(common_budget(results, {"c": "ERROR"}), 2)
+
+    def test_constant_objective_gives_a_note_not_a_crash(self) -> None:
+        results = pd.DataFrame(
+            {
+                "trial_id": list("abcd"),
+                "epoch": [1] * 4,
+                METRIC: [1.0] * 4,
+                "training.learning_rate": [1e-3, 2e-3, 3e-3, 4e-3],
+            }
+        )
+        imp = compute_importances(results, METRIC, "min", ["training.learning_rate"])
+        self.assertEqual(imp.fanova, {})
+        self.assertTrue(any("same objective" in n for n in imp.notes), imp.notes)
+        results[METRIC] = [1.0, 2.0, 3.0, 4.0]
+        imp = compute_importances(results, METRIC, "min", ["training.learning_rate"])
+        self.assertAlmostEqual(imp.fanova["training.learning_rate"], 1.0)
 
 
 class AshaSearchReport(_PageChecks, unittest.TestCase):
