@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
     "asha_rungs",
@@ -37,6 +38,15 @@ def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
+
+
+def _log_axis(axis: matplotlib.axis.Axis, values: np.ndarray) -> None:
+    """Readable log ticks: decades over a wide range, 1-2-5 steps within a narrow one."""
+    v = values[np.isfinite(values) & (values > 0)]
+    wide = v.size > 0 and np.log10(v.max() / v.min()) >= 2
+    axis.set_major_locator(LogLocator(subs=(1.0,) if wide else (1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:.2g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _numeric(values: pd.Series) -> tuple[np.ndarray, list[str] | None]:
@@ -74,8 +84,13 @@ def objective_vs_params(
             ax.set_xticks(range(len(ticks)), ticks, rotation=30, fontsize=7)
         elif scales.get(p) == "log" and (x > 0).all():
             ax.set_xscale("log")
+            _log_axis(ax.xaxis, x)
+            ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+        elif np.isfinite(x).all() and (x == np.round(x)).all():
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if np.isfinite(y).any() and (y[np.isfinite(y)] > 0).all():
             ax.set_yscale("log")
+            _log_axis(ax.yaxis, y)
         ax.set_xlabel(labels.get(p, p))
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
@@ -85,7 +100,13 @@ def objective_vs_params(
         if s in set(map(str, status))
     ]
     if handles:
-        fig.legend(handles=handles, loc="upper right", fontsize=8)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=len(handles),
+            fontsize=8,
+            bbox_to_anchor=(0.5, 1.0),
+        )
     fig.tight_layout()
     return png_bytes(fig)
 
@@ -141,6 +162,8 @@ def learning_curves(results: pd.DataFrame, trial_ids: Sequence[str], metric: str
         ax.plot(rows["epoch"], y, marker="o", ms=3, label=f"#{rank} {tid}")
     if positive:
         ax.set_yscale("log")
+        _log_axis(ax.yaxis, pd.to_numeric(results[metric], errors="coerce").to_numpy(float))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
