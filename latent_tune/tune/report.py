@@ -15,6 +15,7 @@ import pandas as pd
 
 from latent_tune.errors import UserInputError, run_cli
 from latent_tune.tune.files import TRIALS_FILE
+from latent_tune.tune.html_report import write_report_html
 from latent_tune.tune.results import format_ranked, rank_trials, records_from_dir, trials_table
 
 __all__ = ["load_trials", "main"]
@@ -57,6 +58,13 @@ def load_trials(exp_dir: Path, metric: str | None, mode: str) -> tuple[pd.DataFr
 
 
 def _report(args: argparse.Namespace) -> int:
+    if args.html:
+        mode = args.mode if args.metric else None  # else each experiment's recorded mode
+        out = write_report_html(
+            list(map(Path, args.experiments)), args.html, metric=args.metric, mode=mode
+        )
+        print(f"report: {out}")
+        return 0
     frames = []
     metric = args.metric
     for d in args.experiments:
@@ -85,5 +93,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", choices=("min", "max"), default="min")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print the ranked table as JSON")
+    p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
     args = p.parse_args(argv)
     return run_cli(lambda: _report(args))
