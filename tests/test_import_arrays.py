@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 import tempfile
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -185,6 +187,16 @@ class ImportArraysTest(unittest.TestCase):
     def test_parse_source(self) -> None:
         self.assertEqual(parse_source("a.h5:/grp/C"), ArraySource(Path("a.h5"), "/grp/C"))
         self.assertEqual(parse_source("a.npy"), ArraySource(Path("a.npy")))
+
+    def test_missing_hdf5_extra_says_how_to_install(self) -> None:
+        path = self.tmp / "rec.h5"
+        path.write_bytes(b"not read")
+        with mock.patch.dict(sys.modules, {"h5py": None}):  # import h5py raises ImportError
+            self.refused(
+                ["--activity", f"{path}:C", "--stimulus", f"{path}:s"],
+                "-: import-arrays: ",
+                "pip install 'latent-tune[hdf5]'",
+            )
 
     @unittest.skipUnless(HAVE_H5PY, "h5py (the hdf5 extra) is not installed")
     def test_hdf5(self) -> None:

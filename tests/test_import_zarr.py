@@ -28,6 +28,7 @@ from latent_tune.data.reader import Dataset
 from latent_tune.data.suite import Suite
 from latent_tune.data.suite_builder import CrossvalSource
 from latent_tune.errors import UserInputError
+from tests.test_data_cli import run_main
 
 T, N, S, E = 53, 12, 5, 30
 
@@ -228,6 +229,68 @@ class TestImportZarr(unittest.TestCase):
             "metadata.zarr", "3 type names, but TYPE holds ids up to", type_names=["a", "b", "c"]
         )
         self._fails("-", "either", type_names=names, lab_types=True)
+
+
+class TestImportZarrCli(unittest.TestCase):
+    """The command's flags for a lab's own store: quantities, dt, type names, several stores."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="lt-zarr-cli-"))
+        self.addCleanup(shutil.rmtree, self.tmp, ignore_errors=True)
+        self.data = write_lab_store(self.tmp / "store", t=300)
+
+    def test_flags(self) -> None:
+        names = self.tmp / "types.txt"
+        names.write_text("\n".join(f"cell{i}" for i in range(65)))
+        rc, _, err = run_main(
+            "import-zarr",
+            self.tmp / "store",
+            "--out",
+            self.tmp / "ds",
+            "--quantities",
+            "voltage,fluorescence",
+            "--dt",
+            "0.01",
+            "--type-names",
+            names,
+        )
+        self.assertEqual((rc, err), (0, ""))
+        ds = Dataset.open(self.tmp / "ds")
+        self.assertEqual(
+            (ds.quantities, ds.dt, ds.n_stimulus), (["voltage", "fluorescence"], 0.01, S)
+        )
+        np.testing.assert_array_equal(ds.activity("fluorescence"), self.data["ts"][:, :, 3])
+        self.assertEqual(ds.neurons().column("type_name")[0].as_py(), "cell23")
+
+    def test_wrong_n_stimulus_exit_2_nothing_written(self) -> None:
+        rc, out, err = run_main(
+            "import-zarr", self.tmp / "store", "--out", self.tmp / "ds", "--n-stimulus", "9"
+        )
+        self.assertEqual((rc, out), (2, ""))
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("metadata.zarr: --n-stimulus: 9 stimulus columns asked for", err)
+        self.assertFalse((self.tmp / "ds").exists())
+
+    def test_suite_in_one_go(self) -> None:
+        write_lab_store(self.tmp / "flow", seed=1, t=200, connectome=False)
+        rc, out, err = run_main(
+            "import-zarr",
+            self.tmp / "store",
+            "--out",
+            self.tmp / "suite",
+            "--crossval",
+            f"flow={self.tmp / 'flow'}@20:200",
+            "--rollout-steps",
+            "50",
+            "--margin",
+            "5",
+            "--lab-types",
+        )
+        self.assertEqual((rc, err), (0, ""))
+        self.assertIn("train_range [30, 240), val_range [240, 300)", out)
+        suite = Suite.open(self.tmp / "suite")
+        self.assertEqual(suite.crossval[0][2], (20, 200))
+        self.assertEqual(suite.train.type_names()[23], "R1")
 
 
 class TestImportZarrSuite(unittest.TestCase):
