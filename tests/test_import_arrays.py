@@ -151,6 +151,13 @@ class ImportArraysTest(unittest.TestCase):
             ["--activity", n, "--stimulus", st], f"{n}: -: ", "non-finite voltage value at time 61"
         )
 
+    def test_bad_quantity_name_and_dt(self) -> None:
+        a, st = self.save("a.npy", self.act), self.save("stim.npy", self.stim)
+        self.refused(
+            ["--activity", f"stimulus={a}", "--stimulus", st], "-: --activity: ", "'stimulus'"
+        )
+        self.refused(["--activity", a, "--stimulus", st, "--dt", "inf"], "-: --dt: ", "finite")
+
     def test_connectome_edge_lists(self) -> None:
         a, st = self.save("a.npy", self.act), self.save("stim.npy", self.stim)
         csv = self.tmp / "edges.csv"

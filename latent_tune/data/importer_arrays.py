@@ -14,6 +14,7 @@ h5py is an optional extra, imported only when an HDF5 file is given.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from latent_tune.data.format import QUANTITY_RE, RESERVED_NAMES
 from latent_tune.data.writer import DatasetWriter
 from latent_tune.errors import UserInputError
 
@@ -269,8 +271,16 @@ def import_arrays(
             raise UserInputError(None, opt, f"{val!r} is not one of {list(LAYOUTS)}")
     if chunk_steps < 1:
         raise UserInputError(None, "chunk_steps", f"must be >= 1, got {chunk_steps}")
-    if not dt > 0:
-        raise UserInputError(None, "--dt", f"must be > 0, got {dt}")
+    if not (math.isfinite(dt) and dt > 0):
+        raise UserInputError(None, "--dt", f"must be a finite number > 0, got {dt}")
+    for q, _ in activity:
+        if not QUANTITY_RE.match(q) or q in RESERVED_NAMES:
+            raise UserInputError(
+                None,
+                "--activity",
+                f"quantity name {q!r} must match {QUANTITY_RE.pattern} "
+                f"and not be one of {sorted(RESERVED_NAMES)}",
+            )
     with contextlib.ExitStack() as stack:
         arrays = []
         for q, src in activity:

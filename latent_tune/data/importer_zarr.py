@@ -16,6 +16,7 @@ This module imports zarr at top level: it is an optional extra, imported lazily 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -284,8 +285,8 @@ def import_zarr(
         raise UserInputError(None, "quantities", f"{quantities} contain duplicates")
     if chunk_steps < 1:
         raise UserInputError(None, "chunk_steps", f"must be >= 1, got {chunk_steps}")
-    if not dt > 0:
-        raise UserInputError(None, "dt", f"must be > 0, got {dt}")
+    if not (math.isfinite(dt) and dt > 0):
+        raise UserInputError(None, "dt", f"must be a finite number > 0, got {dt}")
     root, meta_arr, ts = _open_store(src)
     meta_path = root / "metadata.zarr"
     n, n_steps = int(meta_arr.shape[0]), int(ts.shape[0])
