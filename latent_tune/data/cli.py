@@ -122,7 +122,11 @@ def _suite_args(p: argparse.ArgumentParser, what: str, required: bool = False) -
         metavar=f"NAME={what}[@A:B]",
         help="a cross-validation recording (another stimulus family); repeat for more",
     )
-    p.add_argument("--train-range", metavar="A:B", help="training rows (default: see docs)")
+    p.add_argument(
+        "--train-range",
+        metavar="A:B",
+        help="training rows (default: from row min(5000, 10%% of T) to --val-range)",
+    )
     p.add_argument("--val-range", metavar="A:B", help="validation rows (default: last 20%%)")
     p.add_argument(
         "--rollout-steps",
