@@ -6,11 +6,15 @@ status 2), so users can fix their files without reading a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import sys
 from collections.abc import Callable
 
-__all__ = ["UserInputError", "run_cli"]
+__all__ = ["EXIT_BROKEN_PIPE", "UserInputError", "run_cli", "stdout_gone"]
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `yes | head` reports for `yes`
 
 
 class UserInputError(Exception):
@@ -32,10 +36,43 @@ class UserInputError(Exception):
         return (type(self), (self.file, self.key, self.problem))
 
 
-def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; bad input becomes one stderr line and status 2, Ctrl-C status 130."""
+def stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader left (`cmd | head`); stdout then goes to devnull.
+
+    Python ignores SIGPIPE, so writing to such a pipe raises BrokenPipeError, and the interpreter
+    would raise it again when it flushes stdout at exit; pointing the descriptor at /dev/null
+    lets the command end quietly, as shell tools do.
+    """
     try:
-        return int(body())
+        fd = sys.stdout.fileno()
+        sys.stdout.flush()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        broken = any(ev & select.POLLERR for _, ev in poller.poll(0))  # reader closed
+    except BrokenPipeError:
+        broken = True
+    except (OSError, ValueError, AttributeError):  # not a real file (tests): nothing to do
+        return False
+    if broken:
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+    return broken
+
+
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a command body; bad input becomes one stderr line and status 2, Ctrl-C status 130,
+    a closed stdout pipe (`... | head`) status 141 without a traceback."""
+    try:
+        status = int(body())
+        if stdout_gone():
+            return EXIT_BROKEN_PIPE
+        return status
+    except BrokenPipeError:
+        if stdout_gone():
+            return EXIT_BROKEN_PIPE
+        raise
     except UserInputError as e:
         print(str(e), file=sys.stderr)
         return 2

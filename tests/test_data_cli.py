@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,27 @@ class ArgvTest(CliTestCase):
         self.assertEqual(proc.returncode, 2)
         self.assertEqual(proc.stderr.strip().count("\n"), 0, proc.stderr)
         self.assertIn("nope: -: does not exist", proc.stderr)
+
+    def test_closed_stdout_pipe_is_quiet(self) -> None:
+        """`info DIR | head` used to end in a BrokenPipeError traceback once head had exited."""
+        root = write_small_suite(self.tmp / "suite", n_cv=6)
+        r, w = os.pipe()
+        os.close(r)  # the reader (head) is gone before the command writes anything
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "latent_tune.data", "info", str(root)],
+                stdout=w,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+        finally:
+            os.close(w)
+        self.assertNotIn("BrokenPipeError", proc.stderr)
+        self.assertNotIn("Traceback", proc.stderr)
+        self.assertEqual(proc.stderr, "")
+        self.assertEqual(proc.returncode, 141)  # as a shell tool killed by SIGPIPE
 
 
 class SimulateTest(CliTestCase):

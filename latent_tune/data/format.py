@@ -35,6 +35,8 @@ __all__ = [
     "HEADER_FILE",
     "NEURONS_FILE",
     "NEURONS_SCHEMA",
+    "QUANTITY_RE",
+    "RESERVED_NAMES",
     "STIMULUS",
     "STIMULUS_FILE",
     "SUITE_FILE",
@@ -72,8 +74,8 @@ NEURONS_SCHEMA = pa.schema(
 CONNECTOME_SCHEMA = pa.schema([("pre", pa.int64()), ("post", pa.int64()), ("weight", pa.float32())])
 
 # A quantity name becomes a file name: keep it to a safe, portable subset.
-_QUANTITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED = {STIMULUS, "dataset", "neurons", "connectome", "suite"}
+QUANTITY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+RESERVED_NAMES = frozenset({STIMULUS, "dataset", "neurons", "connectome", "suite"})
 
 
 def arrow_file(quantity: str) -> str:
@@ -113,9 +115,9 @@ class DatasetHeader(BaseModel):
     @classmethod
     def _valid_quantities(cls, v: list[str]) -> list[str]:
         for q in v:
-            if not _QUANTITY_RE.match(q):
-                raise ValueError(f"quantity name {q!r} must match {_QUANTITY_RE.pattern}")
-            if q in _RESERVED:
+            if not QUANTITY_RE.match(q):
+                raise ValueError(f"quantity name {q!r} must match {QUANTITY_RE.pattern}")
+            if q in RESERVED_NAMES:
                 raise ValueError(f"quantity name {q!r} is reserved")
         if len(set(v)) != len(v):
             raise ValueError(f"quantities {v} contain duplicates")

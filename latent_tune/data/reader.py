@@ -23,6 +23,7 @@ from latent_tune.data.format import (
     NEURONS_FILE,
     NEURONS_SCHEMA,
     STIMULUS,
+    SUITE_FILE,
     DatasetHeader,
     arrow_file,
     parse_header,
@@ -131,6 +132,14 @@ class Dataset:
         path = Path(path)
         if not path.is_dir():
             raise UserInputError(path, None, "not a dataset directory (does not exist)")
+        if not (path / HEADER_FILE).is_file() and (path / SUITE_FILE).is_file():
+            raise UserInputError(
+                path,
+                None,
+                f"is a suite ({SUITE_FILE}: a training dataset plus cross-validation datasets), "
+                f"but a single dataset directory ({HEADER_FILE}) is expected here; give one of "
+                "the suite's dataset directories",
+            )
         header = parse_header(path / HEADER_FILE)
         hfile = path / HEADER_FILE
         for q in header.quantities:

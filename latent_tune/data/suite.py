@@ -17,6 +17,7 @@ from pathlib import Path
 
 from latent_tune.data import simulate
 from latent_tune.data.format import (
+    HEADER_FILE,
     SUITE_FILE,
     CrossvalEntry,
     SuiteManifest,
@@ -39,6 +40,13 @@ __all__ = [
 ]
 
 DATA_ENV = "LATENT_TUNE_DATA"
+
+SUITE_EXPECTED = (
+    f"is a dataset directory ({HEADER_FILE}), but a suite is expected here: a suite is a "
+    f"directory with {SUITE_FILE} naming one training dataset (with its train and validation "
+    "ranges) and the cross-validation datasets; make one with `python -m latent_tune.data "
+    "suite --train DIR --crossval NAME=DIR --out SUITE`"
+)
 
 
 class Suite:
@@ -63,6 +71,8 @@ class Suite:
         mfile = path / SUITE_FILE
         if not path.is_dir():
             raise UserInputError(path, None, "not a suite directory (does not exist)")
+        if not mfile.is_file() and (path / HEADER_FILE).is_file():
+            raise UserInputError(path, None, SUITE_EXPECTED)
         manifest = parse_manifest(mfile)
         opened: dict[str, Dataset] = {}
 

@@ -267,6 +267,14 @@ def load_run_data(cfg: BaseTrainConfig) -> RunData:
         cfg.data.val_range, tuple(suite.manifest.train.val_range), n_rows, "data.val_range"
     )
     rng = _train_range(cfg, suite, n_rows, val)
+    aug = cfg.loss.aug
+    if aug.coeff > 0 and aug.num_neurons > 0 and train.connectome()[0].size == 0:
+        raise UserInputError(
+            None,
+            "loss.aug.coeff",
+            f"{aug.coeff} needs a connectome, but the training dataset {train.path} has no edges "
+            "(set loss.aug.coeff: 0, or import the data with its connectome)",
+        )
     return RunData(
         suite_path=Path(suite.path),
         quantity=quantity,
