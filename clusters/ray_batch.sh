@@ -109,7 +109,9 @@ rb_stop() { # PID (a node wrapper, blaunch or srun): TERM, then KILL after the g
 
 rb_cleanup() {
     local rc=${RB_RC:-$?}
-    trap - EXIT TERM INT HUP USR2
+    # the scheduler's next signals (bkill: SIGINT, SIGTERM, then SIGKILL) must not cut the stop
+    trap - EXIT
+    trap '' TERM INT HUP USR2
     if [[ -n $RB_SEARCH_PID ]] && kill -0 "$RB_SEARCH_PID" 2>/dev/null; then
         # Ctrl+C of the search: Tune saves the experiment, the search prints how to resume
         rb_log "interrupting the search (pid $RB_SEARCH_PID)"
@@ -138,8 +140,16 @@ rb_signal() { # SIGNAL_NAME STATUS
 }
 
 rb_alive_nodes() {
-    "${RAY_BATCH_RAY:-ray}" status --address="$RAY_ADDRESS" 2>/dev/null |
+    timeout 60 "${RAY_BATCH_RAY:-ray}" status --address="$RAY_ADDRESS" 2>/dev/null |
         sed '/^Pending:/,$d' | grep -c 'node_' || true
+}
+
+# a head that stopped (e.g. Ray's own startup timeout on an overloaded host) ends the job
+rb_head_alive() {
+    kill -0 "$RB_HEAD_PID" 2>/dev/null && return 0
+    rb_log "the Ray head stopped during startup (see $RB_JOB_DIR/head.log)"
+    RB_RC=1
+    exit 1
 }
 
 rb_run() {
@@ -185,11 +195,7 @@ rb_run() {
 
     local timeout=${RAY_BATCH_START_TIMEOUT:-180} t0=$SECONDS
     until (: <"/dev/tcp/$head_ip/$port") 2>/dev/null; do
-        kill -0 "$RB_HEAD_PID" 2>/dev/null || {
-            rb_log "the head did not start (see $RB_JOB_DIR/head.log)"
-            RB_RC=1
-            exit 1
-        }
+        rb_head_alive
         ((SECONDS - t0 < timeout)) || {
             rb_log "the head did not listen within $timeout s (see $RB_JOB_DIR/head.log)"
             RB_RC=1
@@ -210,6 +216,7 @@ rb_run() {
 
     local want=${#RB_HOSTS[@]} alive=0
     while :; do
+        rb_head_alive
         alive=$(rb_alive_nodes)
         ((alive < want && SECONDS - t0 < timeout)) || break
         sleep 2
@@ -227,6 +234,7 @@ rb_run() {
     else
         rb_log "  (token file from RAY_AUTH_TOKEN_PATH; never share the token)"
     fi
+    rb_head_alive
     rb_log "running: $*"
 
     # own process group (job control on for this one start): the signal handler interrupts the

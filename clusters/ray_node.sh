@@ -46,7 +46,8 @@ pid=
 
 # shellcheck disable=SC2317  # called by the EXIT trap
 stop_node() {
-    trap - EXIT TERM INT HUP USR2
+    trap - EXIT
+    trap '' TERM INT HUP USR2 # a second signal must not cut the stop short
     if [[ -n $pid ]]; then
         # the node's process group (pgid = pid of `ray start`), or the process itself if it has
         # not made its group yet

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import uuid
 from pathlib import Path
@@ -150,8 +152,8 @@ class BatchLaunchers(unittest.TestCase):
 
     def test_bad_input_is_refused_before_anything_starts(self) -> None:
         search = [sys.executable, "-m", "latent_tune.search", str(self.space)]
-        for kind in LAUNCHERS:
-            name = f"clusters/{LAUNCHERS[kind].name}"
+        for kind, launcher in LAUNCHERS.items():
+            name = f"clusters/{launcher.name}"
             with self.subTest(kind=kind, case="no storage on two hosts"):
                 env = self._env(kind, "bad", "11", RAY_AUTH_TOKEN_PATH=str(self.token))
                 out = self._launch(kind, search, env)
@@ -230,6 +232,45 @@ class BatchLaunchers(unittest.TestCase):
         # nothing the launcher started survives; the per-node temp dirs are gone
         self.assertEqual(_marked(marker), [])
         self.assertEqual(sorted(self.tmp.glob(f"rb{job}-*")), [])
+
+    def test_killed_job_interrupts_the_search_and_stops_its_ray(self) -> None:
+        """One host (no shared storage needed): SIGTERM to the job script, as the scheduler
+        sends it, reaches the search as Ctrl+C, and every Ray process of the job ends."""
+        marker, job = uuid.uuid4().hex, f"{os.getpid()}3"
+        env = self._env("lsf", marker, job, LSB_MCPU_HOSTS="127.0.0.1 1")
+        state = self.tmp / "search_state"
+        search = (
+            "import pathlib, sys, time\n"
+            "p = pathlib.Path(sys.argv[1]); p.write_text('running')\n"
+            "try:\n    time.sleep(600)\n"
+            "except KeyboardInterrupt:\n    p.write_text('interrupted'); sys.exit(130)\n"
+        )
+        proc = subprocess.Popen(
+            [str(LAUNCHERS["lsf"]), sys.executable, "-c", search, str(state)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.time() + RUN_TIMEOUT_S
+            while not state.exists() and proc.poll() is None and time.time() < deadline:
+                time.sleep(1)
+            self.assertTrue(state.exists(), "the search command never started")
+            self.assertNotEqual(_marked(marker), [])  # the job's Ray is running
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertEqual(proc.returncode, 143, out[-3000:])
+        self.assertIn("ray_batch: 1 of 1 nodes joined", out)
+        self.assertEqual(state.read_text(), "interrupted")
+        self.assertEqual(_marked(marker), [])
+        self.assertEqual(sorted(self.tmp.glob(f"rb{job}-*")), [])
+        self.assertFalse((self.tmp / "job-lsf" / "auth_token").exists())
 
     def test_lsf_two_hosts(self) -> None:
         self._real_run("lsf", f"{os.getpid()}1", token_from_env=True)
