@@ -1,4 +1,4 @@
-"""cluster.yaml (cloud) and cluster_onprem.yaml (provider local) pass Ray's own validation
+"""cluster.yaml (cloud) and clusters/onprem.yaml (provider local) pass Ray's own validation
 offline, in the order `ray up` uses, and keep the dashboard on loopback with token auth."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ClusterYaml(unittest.TestCase):
         self.assertTrue(any("/shared" in c for c in cfg["setup_commands"]))
 
     def test_onprem(self) -> None:
-        cfg = self._check("cluster_onprem.yaml")
+        cfg = self._check("clusters/onprem.yaml")
         self.assertEqual(cfg["provider"]["type"], "local")
         self.assertNotIn("available_node_types", cfg)
 
