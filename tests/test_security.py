@@ -29,7 +29,7 @@ from latent_tune.tune.resolve import resolve_trainable
 from trainables import eed_staggered
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_FILES = ("cluster.yaml", "cluster_onprem.yaml")
+CLUSTER_FILES = ("cluster.yaml", "clusters/onprem.yaml")
 # a dashboard / Ray host flag or argument set to every interface
 PUBLIC_BIND = re.compile(
     r"""(dashboard[-_]host|--host|node[-_]ip[-_]address|bind_all)\s*[=:]?\s*["']?(0\.0\.0\.0|::(?!1))"""
