@@ -24,7 +24,7 @@ import ray
 import yaml
 
 from latent_tune.errors import UserInputError
-from latent_tune.tune.cli import _QUIET_ENV, LOOPBACK_SWITCH, _env, start_local_ray
+from latent_tune.tune.ray_session import LOOPBACK_SWITCH, QUIET_ENV, env, start_local_ray
 from latent_tune.tune.resolve import resolve_trainable
 from trainables import eed_staggered
 
@@ -132,8 +132,8 @@ class LocalRayLoopback(unittest.TestCase):
 
     def test_listeners_are_loopback(self) -> None:
         self.assertFalse(ray.is_initialized())
-        env = {**_QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-        with _env(env):
+        env_vars = {**QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        with env(env_vars):
             ctx = start_local_ray()
         try:
             # start a worker too, so its listeners are counted
