@@ -15,12 +15,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from latent_tune.atomic import atomic_write_text
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.training.checkpoint import save_state
 from latent_tune.training.config import TrainConfig, flatten, load_config
 from latent_tune.training.trainer import Trainer
@@ -31,15 +31,8 @@ BUNDLED_DIR = Path("trainables")
 HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line UserInputErrors (exit 2 via run_cli)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserInputError(None, "arguments", message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="python -m latent_tune.train",
         description="Train one EED model and write a run directory (no Ray).",
     )

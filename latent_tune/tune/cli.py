@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import ray
 
 from latent_tune.data.suite import ensure_demo_suite
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.tune.plan import make_plan, print_plan, storage_location
 from latent_tune.tune.ray_session import (
     LOOPBACK_AT_IMPORT,
@@ -42,7 +42,7 @@ __all__ = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m latent_tune.search",
         description="Run a Ray Tune hyperparameter search over an EED training recipe.",
     )
@@ -106,7 +106,11 @@ def _search(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m latent_tune.search` (argv None) or of an embedding program."""
-    args = build_parser().parse_args(argv)
-    if argv is None and needs_loopback_restart(args.address, args.dry_run):
-        restart_with_loopback()
-    return run_cli(lambda: _search(args))
+
+    def body() -> int:
+        args = build_parser().parse_args(argv)
+        if argv is None and needs_loopback_restart(args.address, args.dry_run):
+            restart_with_loopback()
+        return _search(args)
+
+    return run_cli(body)

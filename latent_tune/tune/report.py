@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.tune.files import TRIALS_FILE
 from latent_tune.tune.results import format_ranked, rank_trials, records_from_dir, trials_table
 
@@ -76,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m latent_tune.report`."""
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m latent_tune.report",
         description="Rank the trials of one or several experiments.",
     )
@@ -85,5 +85,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", choices=("min", "max"), default="min")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print the ranked table as JSON")
-    args = p.parse_args(argv)
-    return run_cli(lambda: _report(args))
+    return run_cli(lambda: _report(p.parse_args(argv)))
