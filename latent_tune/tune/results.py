@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 
@@ -82,6 +83,7 @@ class TrialRecord:
     path: str | None
     checkpoint: Any | None  # ray.tune.Checkpoint
     config: Mapping[str, Any] | None = None  # sampled values (a trial failing at once has no rows)
+    max_epochs: int | None = None  # this trial's configured epochs, when it differs per trial
 
 
 def _norm_rows(df: pd.DataFrame | None, trial_id: str, params: Iterable[str]) -> pd.DataFrame:
@@ -136,7 +138,8 @@ def records_from_grid(
         status = statuses.get(tid, "ERROR" if r.error else "TERMINATED")
         error = None if r.error is None else error_text(r.error)
         config = {p: (r.config or {}).get(p) for p in params}
-        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint, config))
+        epochs = _configured_epochs(r.config or {})
+        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint, config, epochs))
     return out
 
 
@@ -155,6 +158,17 @@ def error_text(err: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+def _configured_epochs(config: Mapping[str, Any]) -> int | None:
+    """A trial's training.epochs from its Tune config: a sampled value, else its base config."""
+    if isinstance(config.get("training.epochs"), int | float):
+        return int(config["training.epochs"])
+    meta = config.get(META_KEY)
+    base = yaml.safe_load(meta["base"]) if isinstance(meta, dict) and "base" in meta else None
+    training = base.get("training") if isinstance(base, dict) else None
+    epochs = training.get("epochs") if isinstance(training, dict) else None
+    return int(epochs) if isinstance(epochs, int | float) else None
+
+
 def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list[TrialRecord]:
     """Records rebuilt from the trial dirs' result.json (for `report` on an unexported run)."""
     out: list[TrialRecord] = []
@@ -171,9 +185,17 @@ def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list
         error = error_file.read_text()[:500] if error_file.is_file() else None
         status = "ERROR" if error else ("TERMINATED" if lines[-1].get("done") else "UNKNOWN")
         ckpts = sorted(result_file.parent.glob("checkpoint_*"))
+        config = lines[-1].get("config")
+        epochs = _configured_epochs(config) if isinstance(config, dict) else None
         out.append(
             TrialRecord(
-                tid, rows, status, error, str(result_file.parent), ckpts[-1] if ckpts else None
+                tid,
+                rows,
+                status,
+                error,
+                str(result_file.parent),
+                ckpts[-1] if ckpts else None,
+                max_epochs=epochs,
             )
         )
     return out
@@ -190,7 +212,7 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
 
 
 def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows that may be picked as best: finite objective, not penalised (METHOD.md sec 8).
+    """Rows that may be picked as best: finite objective, not penalised.
 
     Penalised rows carry the penalty objective; `diverged` (an early threshold crossing) is
     kept in the tables but does not exclude a row, since on small data every rollout crosses.
@@ -207,7 +229,10 @@ def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 def trials_table(
     records: list[TrialRecord], metric: str, mode: str, params: Iterable[str], max_epochs: int
 ) -> pd.DataFrame:
-    """trials.parquet: one row per trial with final and best objective, status, config."""
+    """trials.parquet: one row per trial with final and best objective, status, config.
+
+    `max_epochs` is the search's epoch count; a record's own `max_epochs` wins (a searched
+    training.epochs, or a report rebuilt from trial dirs of unknown searches)."""
     params = list(params)
     rows: list[dict[str, Any]] = []
     for r in records:
@@ -221,7 +246,8 @@ def trials_table(
         epochs = int(last["epoch"]) if last is not None else 0
         status = r.status
         if status == "TERMINATED" and r.error is None:
-            status = "completed" if epochs >= max_epochs else "stopped_early"
+            planned = r.max_epochs if r.max_epochs is not None else max_epochs
+            status = "completed" if epochs >= planned else "stopped_early"
         row: dict[str, Any] = {
             "trial_id": r.trial_id,
             "status": status,
