@@ -189,8 +189,17 @@ class SearchE2E(unittest.TestCase):
         self.assertGreater(len(hist), 0)
         results = pd.read_parquet(exp / "results.parquet")
         for key, (lo, hi) in bounds.items():
-            self.assertTrue(((hist[key] >= lo) & (hist[key] <= hi)).all(), hist[key])
+            new = hist[f"{key}.new"]
+            self.assertTrue(((new >= lo) & (new <= hi)).all(), new)
             self.assertTrue(((results[key] >= lo) & (results[key] <= hi)).all())
+        # steps name trials by id; a first step starts from the target's sampled value
+        ids = set(results["trial_id"])
+        self.assertTrue(set(hist["trial_id"]) <= ids and set(hist["donor_trial_id"]) <= ids)
+        first = hist.drop_duplicates("trial_id")
+        for _, step in first.iterrows():
+            sampled = results[results["trial_id"] == step["trial_id"]].sort_values("epoch")
+            for key in bounds:
+                self.assertAlmostEqual(step[f"{key}.old"], sampled.iloc[0][key])
         # after an exploit: donor's weights, explored config
         policy = [json.loads(x) for x in (exp / "pbt_global.txt").read_text().splitlines()]
         explored = [p[5] for p in policy]

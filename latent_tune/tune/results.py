@@ -36,6 +36,7 @@ from latent_tune.tune.files import (
     TRAINER_FILE,
     TRIALS_FILE,
 )
+from latent_tune.tune.pbt_history import pbt_history
 from latent_tune.tune.resolve import META_KEY
 
 __all__ = [
@@ -298,31 +299,6 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def pbt_history(exp_dir: Path, params: Iterable[str]) -> pd.DataFrame:
-    """The PBT exploit/explore log (pbt_global.txt) as a table: who cloned whom, old -> new."""
-    path = Path(exp_dir) / "pbt_global.txt"
-    params = list(params)
-    if not path.is_file():
-        return pd.DataFrame()
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        target_tag, donor_tag, target_it, donor_it, donor_cfg, new_cfg = json.loads(line)
-        row: dict[str, Any] = {
-            "step": n,
-            "target_trial": int(str(target_tag).split("_")[0]),
-            "donor_trial": int(str(donor_tag).split("_")[0]),
-            "target_iteration": target_it,
-            "donor_iteration": donor_it,
-        }
-        for p in params:
-            row[f"{p}_donor"] = donor_cfg.get(p)
-            row[p] = new_cfg.get(p)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def write_hparams_view(
     exp_dir: Path, trials: pd.DataFrame, params: Iterable[str], metric: str
 ) -> None:
@@ -412,7 +388,7 @@ def export_all(
     trials = trials_table(records, metric, mode, params, max_epochs)
     _write_parquet(results, out_dir / RESULTS_FILE)
     _write_parquet(trials, out_dir / TRIALS_FILE)
-    history = pbt_history(pbt_dir or out_dir, params)
+    history = pbt_history(pbt_dir or out_dir, params, _start_values(records, params))
     if not history.empty:
         _write_parquet(history, out_dir / PBT_HISTORY_FILE)
     best_trial, best_dir = None, None
@@ -423,6 +399,18 @@ def export_all(
             best_dir = out_dir / BEST_DIR
     write_hparams_view(out_dir, trials, params, metric)
     return ExportSummary(results, trials, best_trial, best_dir, history)
+
+
+def _start_values(records: list[TrialRecord], params: list[str]) -> dict[str, dict[str, Any]]:
+    """Each trial's sampled values (its first result row; its config when it has no rows)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        first = r.rows.iloc[0] if not r.rows.empty else None
+        out[r.trial_id] = {
+            p: first[p] if first is not None and p in first else (r.config or {}).get(p)
+            for p in params
+        }
+    return out
 
 
 def _isnan(v: Any) -> bool:
