@@ -78,9 +78,12 @@ def _json_safe(value: Any) -> Any:
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     mark = "*" if r.get("evaluated") else " "
     div = " DIVERGED" if r.get("diverged") else ""
+    base = f"const {r['constant_rollout_mse']:.4g}"
+    if "linear_rollout_mse" in r:
+        base += f", linear {r['linear_rollout_mse']:.4g}"
     return (
         f"epoch {r['epoch']:>3}/{epochs} loss {r['train_loss']:.4g} "
-        f"cv_mse{mark}{r['crossval_rollout_mse']:.4g} (const {r['constant_rollout_mse']:.4g}) "
+        f"cv_mse{mark}{r['crossval_rollout_mse']:.4g} ({base}) "
         f"best {r['best_crossval_rollout_mse']:.4g}@{r['best_epoch']} "
         f"{r['epoch_duration']:.1f}s{div}"
     )
@@ -102,6 +105,8 @@ def _final_metrics(trainer: Trainer, report: dict[str, Any], wall: float) -> dic
         "device": str(trainer.device),
         "datasets": {k: dict(v) for k, v in trainer.last_dataset_metrics.items()},
     }
+    if "linear_rollout_mse" in report:
+        out["linear_rollout_mse"] = report["linear_rollout_mse"]
     return out
 
 
@@ -163,9 +168,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if (run_dir / "config.yaml").exists():
         raise UserInputError(None, "--out", f"{run_dir} already holds a run; choose another dir")
     metrics = run_training(config, run_dir, source=config_path, device=args.device)
+    linear = metrics.get("linear_rollout_mse")
+    linear_text = "" if linear is None else f", linear baseline {linear:.4g}"
     print(
         f"final crossval_rollout_mse {metrics['crossval_rollout_mse']:.4g} "
-        f"(constant baseline {metrics['constant_rollout_mse']:.4g}), "
+        f"(constant baseline {metrics['constant_rollout_mse']:.4g}{linear_text}), "
         f"best {metrics['best_crossval_rollout_mse']:.4g} at epoch {metrics['best_epoch']}"
     )
     print(f"run dir: {run_dir}")

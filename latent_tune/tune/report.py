@@ -66,7 +66,8 @@ def _report(args: argparse.Namespace) -> int:
             df.insert(0, "experiment", Path(d).name)
         frames.append(df)
     df = rank_trials(pd.concat(frames, ignore_index=True), metric, args.mode)
-    params = [c for c in df.columns if c not in _FIXED and not c.startswith(("best_", "final_"))]
+    skip = ("best_", "final_", "baseline_")
+    params = [c for c in df.columns if c not in _FIXED and not c.startswith(skip)]
     if args.json:
         print(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
     else:

@@ -40,6 +40,7 @@ from latent_tune.tune.pbt_history import pbt_history
 from latent_tune.tune.resolve import META_KEY
 
 __all__ = [
+    "BASELINES",
     "BEST_DIR",
     "PBT_HISTORY_FILE",
     "RESULTS_FILE",
@@ -58,6 +59,13 @@ __all__ = [
     "trials_table",
     "write_hparams_view",
 ]
+
+# the baselines' scores at each trial's best epoch: report key -> trials table column
+BASELINES = {
+    "constant_rollout_mse": "baseline_constant",
+    "linear_rollout_mse": "baseline_linear",
+}
+_BASELINE_LABELS = {"baseline_constant": "const", "baseline_linear": "linear"}
 
 _DROP = {
     "checkpoint_dir_name",
@@ -240,10 +248,14 @@ def trials_table(
         last = r.rows.iloc[-1] if not r.rows.empty else None
         valid = _valid(r.rows, metric)
         best_val, best_epoch = math.nan, None
+        baselines = dict.fromkeys(BASELINES.values(), math.nan)
         if not valid.empty:
             vals = pd.to_numeric(valid[metric])
             idx = vals.idxmin() if mode == "min" else vals.idxmax()
             best_val, best_epoch = float(vals[idx]), int(valid.loc[idx, "epoch"])
+            for src, col in BASELINES.items():
+                if src in valid.columns:
+                    baselines[col] = _float(valid.loc[idx, src])
         epochs = int(last["epoch"]) if last is not None else 0
         status = r.status
         if status == "TERMINATED" and r.error is None:
@@ -258,6 +270,7 @@ def trials_table(
             else math.nan,
             f"best_{metric}": best_val,
             "best_epoch": best_epoch,
+            **baselines,
             "diverged": bool(last["diverged"])
             if last is not None and "diverged" in last and last["diverged"] == last["diverged"]
             else False,
@@ -272,6 +285,13 @@ def trials_table(
     if df.empty:
         return df
     return rank_trials(df, metric, mode)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def rank_trials(df: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -435,15 +455,26 @@ def param_labels(paths: Iterable[str]) -> dict[str, str]:
 
 
 def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limit: int = 20) -> str:
-    """A compact ranked table for the console."""
+    """A compact ranked table for the console: the best score next to the two baselines'
+    scores on the same windows at that epoch (a column an old experiment lacks is left out)."""
     params = list(params)
     if trials.empty:
         return "(no trials)"
-    cols = ["rank", "trial_id", "status", f"best_{metric}", "best_epoch", "epochs", *params]
+    baselines = [c for c in _BASELINE_LABELS if c in trials.columns and trials[c].notna().any()]
+    cols = [
+        "rank",
+        "trial_id",
+        "status",
+        f"best_{metric}",
+        *baselines,
+        "best_epoch",
+        "epochs",
+        *params,
+    ]
     if "experiment" in trials.columns:
         cols.insert(1, "experiment")
     cols = [c for c in cols if c in trials.columns]
-    short = param_labels(params)
+    short = {**param_labels(params), **_BASELINE_LABELS}
     header = [short.get(c, c) for c in cols]
     body = [[_fmt(row[c]) for c in cols] for _, row in trials.head(limit).iterrows()]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
