@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from latent_tune.atomic import atomic_write_text
+from latent_tune.bundled import bundled_file
 from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.training.checkpoint import save_state
 from latent_tune.training.config import TrainConfig, flatten, load_config
@@ -27,7 +28,6 @@ from latent_tune.training.trainer import Trainer
 
 __all__ = ["main", "resolve_config_path", "run_training"]
 
-BUNDLED_DIR = Path("trainables")
 HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
 
 
@@ -51,14 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def resolve_config_path(name: str) -> Path:
-    """A config path as given, else the bundled file of that name in ./trainables."""
+    """A config path as given, else the bundled file of that name in the trainables package
+    (found wherever it is installed, not relative to the working directory)."""
     path = Path(name)
     if path.exists():
         return path
-    bundled = BUNDLED_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if path.parent == Path(".") and bundled.exists():
-        return bundled
-    return path  # load_config reports it as unreadable
+    bundled = bundled_file("trainables", name)
+    return bundled if bundled is not None else path  # load_config reports it as unreadable
 
 
 def _default_run_dir(config_path: Path) -> Path:

@@ -14,9 +14,10 @@ from typing import Any
 
 from ray import tune
 
+from latent_tune.bundled import bundled_dir
 from latent_tune.errors import UserInputError
 from latent_tune.tune.distributions import preview_trials, total_trials
-from latent_tune.tune.resolve import Resolved, bundled_dir, resolve
+from latent_tune.tune.resolve import Resolved, resolve
 from latent_tune.tune.results import param_labels
 from latent_tune.tune.space import find_space_file, load_space
 
