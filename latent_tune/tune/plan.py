@@ -16,7 +16,8 @@ from ray import tune
 
 from latent_tune.bundled import bundled_dir
 from latent_tune.errors import UserInputError
-from latent_tune.tune.distributions import preview_trials, total_trials
+from latent_tune.tune.distributions import total_trials
+from latent_tune.tune.preview import TPE_STARTUP, preview_trials
 from latent_tune.tune.resolve import Resolved, resolve
 from latent_tune.tune.results import param_labels
 from latent_tune.tune.space import find_space_file, load_space
@@ -105,7 +106,13 @@ def print_plan(plan: Plan) -> None:
             f" bounds {list(e.hard_bounds())}" if sp.population_based and e.hard_bounds() else ""
         )
         print(f"  {k}: {e.kind} {e.values}{extra}")
-    print("first trials (seeded preview):")
+    if sp.searcher_type == "optuna":
+        print(
+            f"first trials (exactly what the search starts; Optuna's TPE adapts to results "
+            f"after its first {TPE_STARTUP}):"
+        )
+    else:
+        print("first trials (exactly what the search starts):")
     labels = param_labels(sp.space)
     for i, params in enumerate(preview_trials(sp)):
         vals = ", ".join(f"{labels[k]}={_short(v)}" for k, v in params.items())
