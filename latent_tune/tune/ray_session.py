@@ -28,6 +28,7 @@ __all__ = [
     "LOOPBACK_SWITCH",
     "QUIET_ENV",
     "connect",
+    "dashboard_login_hint",
     "ensure_loopback_switch",
     "env",
     "needs_loopback_restart",
@@ -198,6 +199,25 @@ def connect(address: str | None, storage_given: bool) -> tuple[Any, bool]:
             "(a path every node mounts, or s3:// / gs://) with --storage or `storage:`",
         )
     return ctx, False
+
+
+def dashboard_login_hint() -> str | None:
+    """How to get past the dashboard's "Authentication Token Required" dialog, or None when
+    this session has no token authentication. Never the token itself (the output is logged).
+
+    Ray 2.60 turns token authentication on for a new local Ray unless RAY_AUTH_MODE says
+    otherwise, and records the mode in this process's RAY_AUTH_MODE; the token comes from
+    RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (created by
+    ray.init when missing).
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        source = "from $RAY_AUTH_TOKEN"
+    else:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+        source = f"token file {path}"
+    return f"`ray get-auth-token` prints the dashboard's login token ({source})"
 
 
 def _pythonpath() -> list[str]:

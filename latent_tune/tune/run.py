@@ -21,12 +21,13 @@ from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, total_trials
 from latent_tune.tune.plan import Plan
 from latent_tune.tune.progress import Progress
+from latent_tune.tune.ray_session import dashboard_login_hint
 from latent_tune.tune.resolve import make_trial_fn
 from latent_tune.tune.results import export_all, format_ranked, records_from_grid
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
 from latent_tune.tune.stoppers import SearchStopper
 
-__all__ = ["build_tuner", "check_plan_capacity", "run_search"]
+__all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search"]
 
 
 def _trial_fn(plan: Plan) -> Any:
@@ -129,14 +130,22 @@ def _print_failed(trials: Any) -> None:
         print(f"  {row['trial_id']}: {row.get('error') or 'unknown error'}")
 
 
-def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
-    sp = plan.res.space
+def print_where(plan: Plan, ctx: Any) -> None:
+    """Where to look while the search runs: results, dashboard (and how to log in), TensorBoard."""
     print(f"results:     {plan.exp_path}")
     url = getattr(ctx, "dashboard_url", None)
     if url:
         print(f"dashboard:   http://{url}")
+        hint = dashboard_login_hint()
+        if hint:
+            print(f"             {hint}")
     if plan.local_storage:
         print(f"tensorboard: tensorboard --logdir {plan.exp_path} --host 127.0.0.1")
+
+
+def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
+    sp = plan.res.space
+    print_where(plan, ctx)
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
