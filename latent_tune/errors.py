@@ -6,13 +6,15 @@ status 2), so users can fix their files without reading a traceback.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import select
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
-__all__ = ["EXIT_BROKEN_PIPE", "UserInputError", "run_cli", "stdout_gone"]
+__all__ = ["EXIT_BROKEN_PIPE", "CliParser", "UserInputError", "run_cli", "stdout_gone"]
 
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `yes | head` reports for `yes`
 
@@ -34,6 +36,28 @@ class UserInputError(Exception):
 
     def __reduce__(self):  # picklable across Ray workers
         return (type(self), (self.file, self.key, self.problem))
+
+
+class _ParserExit(Exception):
+    """argparse finished on purpose (--help): the command returns this status."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        super().__init__(status)
+
+
+class CliParser(argparse.ArgumentParser):
+    """The argument parser of every command: a usage error is a UserInputError (one line, status
+    2 through run_cli) and --help returns 0 from `main(argv)` instead of exiting the caller's
+    process. Parse inside the run_cli body."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserInputError(None, self.prog.split()[-1], message)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            print(message, end="", file=sys.stderr)
+        raise _ParserExit(status)
 
 
 def stdout_gone() -> bool:
@@ -73,6 +97,8 @@ def run_cli(body: Callable[[], int]) -> int:
         if stdout_gone():
             return EXIT_BROKEN_PIPE
         raise
+    except _ParserExit as e:
+        return e.status
     except UserInputError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -15,31 +15,24 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
 from latent_tune.atomic import atomic_write_text
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.bundled import bundled_file
+from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.training.checkpoint import save_state
 from latent_tune.training.config import BaseTrainConfig, flatten, load_config
 from latent_tune.training.trainer import Trainer
 
 __all__ = ["main", "resolve_config_path", "run_training"]
 
-BUNDLED_DIR = Path("trainables")
 HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one-line UserInputErrors (exit 2 via run_cli)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserInputError(None, "arguments", message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = CliParser(
         prog="python -m latent_tune.train",
         description="Train one EED model and write a run directory (no Ray).",
     )
@@ -58,14 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def resolve_config_path(name: str) -> Path:
-    """A config path as given, else the bundled file of that name in ./trainables."""
+    """A config path as given, else the bundled file of that name in the trainables package
+    (found wherever it is installed, not relative to the working directory)."""
     path = Path(name)
     if path.exists():
         return path
-    bundled = BUNDLED_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if path.parent == Path(".") and bundled.exists():
-        return bundled
-    return path  # load_config reports it as unreadable
+    bundled = bundled_file("trainables", name)
+    return bundled if bundled is not None else path  # load_config reports it as unreadable
 
 
 def _default_run_dir(config_path: Path) -> Path:
@@ -85,9 +77,12 @@ def _json_safe(value: Any) -> Any:
 def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     mark = "*" if r.get("evaluated") else " "
     div = " DIVERGED" if r.get("diverged") else ""
+    base = f"const {r['constant_rollout_mse']:.4g}"
+    if "linear_rollout_mse" in r:
+        base += f", linear {r['linear_rollout_mse']:.4g}"
     return (
         f"epoch {r['epoch']:>3}/{epochs} loss {r['train_loss']:.4g} "
-        f"cv_mse{mark}{r['crossval_rollout_mse']:.4g} (const {r['constant_rollout_mse']:.4g}) "
+        f"cv_mse{mark}{r['crossval_rollout_mse']:.4g} ({base}) "
         f"best {r['best_crossval_rollout_mse']:.4g}@{r['best_epoch']} "
         f"{r['epoch_duration']:.1f}s{div}"
     )
@@ -109,6 +104,8 @@ def _final_metrics(trainer: Trainer, report: dict[str, Any], wall: float) -> dic
         "device": str(trainer.device),
         "datasets": {k: dict(v) for k, v in trainer.last_dataset_metrics.items()},
     }
+    if "linear_rollout_mse" in report:
+        out["linear_rollout_mse"] = report["linear_rollout_mse"]
     return out
 
 
@@ -170,9 +167,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if (run_dir / "config.yaml").exists():
         raise UserInputError(None, "--out", f"{run_dir} already holds a run; choose another dir")
     metrics = run_training(config, run_dir, source=config_path, device=args.device)
+    linear = metrics.get("linear_rollout_mse")
+    linear_text = "" if linear is None else f", linear baseline {linear:.4g}"
     print(
         f"final crossval_rollout_mse {metrics['crossval_rollout_mse']:.4g} "
-        f"(constant baseline {metrics['constant_rollout_mse']:.4g}), "
+        f"(constant baseline {metrics['constant_rollout_mse']:.4g}{linear_text}), "
         f"best {metrics['best_crossval_rollout_mse']:.4g} at epoch {metrics['best_epoch']}"
     )
     print(f"run dir: {run_dir}")

@@ -13,7 +13,11 @@ import unittest
 from pathlib import Path
 
 from latent_tune.atomic import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text
+from latent_tune.data.cli import main as data_main
 from latent_tune.errors import UserInputError, run_cli
+from latent_tune.report import main as report_main
+from latent_tune.search import main as search_main
+from latent_tune.train import main as train_main
 
 
 class UserInputErrorTest(unittest.TestCase):
@@ -68,6 +72,50 @@ class RunCliTest(unittest.TestCase):
 
         with self.assertRaises(RuntimeError):
             run_cli(body)
+
+
+class CommandArguments(unittest.TestCase):
+    """Every command, called in-process: a bad flag is one stderr line and status 2 (no
+    SystemExit), --help prints the usage and returns 0."""
+
+    COMMANDS = {
+        "search": (search_main, ["space.yaml"]),
+        "report": (report_main, ["exp_dir"]),
+        "train": (train_main, ["config.yaml"]),
+        "data": (data_main, ["info", "some_dir"]),
+    }
+
+    def call(self, main, argv: list[str]) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(argv)
+        return rc, out.getvalue(), err.getvalue()
+
+    def test_bad_flag_is_one_line_status_2(self) -> None:
+        for name, (main, args) in self.COMMANDS.items():
+            with self.subTest(name):
+                rc, out, err = self.call(main, [*args, "--no-such-flag"])
+                self.assertEqual(rc, 2)
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn("--no-such-flag", err)
+                self.assertTrue(err.startswith("-: "), err)
+                self.assertEqual(out, "")
+
+    def test_missing_argument_is_one_line_status_2(self) -> None:
+        for name, (main, _) in self.COMMANDS.items():
+            with self.subTest(name):
+                rc, _, err = self.call(main, [])
+                self.assertEqual(rc, 2)
+                self.assertEqual(err.count("\n"), 1, err)
+                self.assertIn("required", err)
+
+    def test_help_prints_and_returns_0(self) -> None:
+        for name, (main, _) in self.COMMANDS.items():
+            with self.subTest(name):
+                rc, out, err = self.call(main, ["--help"])
+                self.assertEqual(rc, 0)
+                self.assertIn("usage:", out)
+                self.assertEqual(err, "")
 
 
 class AtomicTest(unittest.TestCase):

@@ -6,7 +6,8 @@ import unittest
 
 import pandas as pd
 
-from latent_tune.tune.results import format_ranked, param_labels
+from latent_tune.train import _epoch_line
+from latent_tune.tune.results import TrialRecord, format_ranked, param_labels, trials_table
 
 
 class ParamLabelsTest(unittest.TestCase):
@@ -69,6 +70,65 @@ class ParamLabelsTest(unittest.TestCase):
             ],
         )
         self.assertEqual(lines[1].split(), ["1", "a1", "completed", "0.05", "4", "6", "64", "32"])
+
+
+class BaselinesTest(unittest.TestCase):
+    """The model is compared with both baselines: constant and linear interpolation."""
+
+    def record(self, tid: str, mse: list[float], const: list[float], linear=None) -> TrialRecord:
+        cols = {
+            "epoch": list(range(1, len(mse) + 1)),
+            "crossval_rollout_mse": mse,
+            "constant_rollout_mse": const,
+        }
+        if linear is not None:
+            cols["linear_rollout_mse"] = linear
+        rows = pd.DataFrame(cols)
+        rows["trial_id"] = tid
+        return TrialRecord(tid, rows, "TERMINATED", None, None, None)
+
+    def test_best_epochs_baselines_in_table(self) -> None:
+        recs = [
+            self.record("a", [0.3, 0.1, 0.2], [0.5, 0.4, 0.45], [0.35, 0.25, 0.3]),
+            self.record("b", [0.4, 0.3], [0.6, 0.55], [0.5, 0.45]),
+        ]
+        df = trials_table(recs, "crossval_rollout_mse", "min", [], max_epochs=3)
+        first = df.iloc[0]
+        self.assertEqual(first["trial_id"], "a")
+        self.assertEqual(float(first["baseline_constant"]), 0.4)  # the best epoch's (2) row
+        self.assertEqual(float(first["baseline_linear"]), 0.25)
+        lines = format_ranked(df, "crossval_rollout_mse", []).splitlines()
+        header = lines[0].split()
+        self.assertIn("const", header)
+        self.assertIn("linear", header)
+        row = dict(zip(header, lines[1].split()))
+        self.assertEqual((row["const"], row["linear"]), ("0.4", "0.25"))
+
+    def test_old_experiment_without_linear_column(self) -> None:
+        df = trials_table(
+            [self.record("a", [0.3, 0.1], [0.5, 0.4])], "crossval_rollout_mse", "min", [], 2
+        )
+        header = format_ranked(df, "crossval_rollout_mse", []).splitlines()[0].split()
+        self.assertIn("const", header)
+        self.assertNotIn("linear", header)
+
+    def test_epoch_line_shows_both_baselines(self) -> None:
+        r = {
+            "epoch": 2,
+            "train_loss": 0.5,
+            "evaluated": True,
+            "crossval_rollout_mse": 0.1,
+            "constant_rollout_mse": 0.4,
+            "linear_rollout_mse": 0.25,
+            "best_crossval_rollout_mse": 0.1,
+            "best_epoch": 2,
+            "epoch_duration": 1.0,
+        }
+        line = _epoch_line(r, 5)
+        self.assertIn("const 0.4", line)
+        self.assertIn("linear 0.25", line)
+        del r["linear_rollout_mse"]
+        self.assertNotIn("linear", _epoch_line(r, 5))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from latent_tune.report import main as report_main
 from latent_tune.training.config import load_config
 from latent_tune.tune.cli import start_local_ray
+from latent_tune.tune.preview import preview_trials
+from latent_tune.tune.space import load_space
 from tests.ray_cluster import QUIET
 from tests.tiny_search import FIRST_FINISH_S, run_search, tiny_overrides
 
@@ -49,6 +51,22 @@ def _space(tmp: Path, name: str, **sections) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(d))
     return path
+
+
+def _assert_dry_run_preview_ran(test, space: Path, sets: list[str], exp: Path) -> None:
+    """The dry run's trial list is what the search really started, in order: a trial dir is
+    `<name>_<trial id>_<creation counter>_...`; a trial's first row holds its sampled values."""
+    planned = preview_trials(load_space(space, sets))
+    results = pd.read_parquet(exp / "results.parquet")
+    first = results.sort_values(["trial_id", "epoch"]).groupby("trial_id").first()
+    counter = {
+        tid: int(Path(path).name.split(f"_{tid}_", 1)[1].split("_", 1)[0])
+        for tid, path in pd.read_parquet(exp / "trials.parquet")[["trial_id", "path"]].values
+    }
+    test.assertGreater(len(planned), 1)
+    for tid, params in zip(sorted(first.index, key=counter.__getitem__), planned):
+        for key, value in params.items():
+            test.assertAlmostEqual(float(first.loc[tid, key]), float(value), msg=(tid, key))
 
 
 def _trial_dirs(exp: Path) -> dict[str, Path]:
@@ -108,6 +126,7 @@ class SearchE2E(unittest.TestCase):
         trials = pd.read_parquet(exp / "trials.parquet")
         self.assertEqual(len(trials), 6)
         self.assertFalse(results.duplicated(["trial_id", "epoch"]).any())
+        _assert_dry_run_preview_ran(self, space, ["trials.num_samples=6"], exp)
         for col in (
             "crossval_rollout_mse",
             "training.learning_rate",
@@ -188,9 +207,19 @@ class SearchE2E(unittest.TestCase):
         hist = pd.read_parquet(exp / "pbt_history.parquet")
         self.assertGreater(len(hist), 0)
         results = pd.read_parquet(exp / "results.parquet")
+        _assert_dry_run_preview_ran(self, space, [], exp)
         for key, (lo, hi) in bounds.items():
-            self.assertTrue(((hist[key] >= lo) & (hist[key] <= hi)).all(), hist[key])
+            new = hist[f"{key}.new"]
+            self.assertTrue(((new >= lo) & (new <= hi)).all(), new)
             self.assertTrue(((results[key] >= lo) & (results[key] <= hi)).all())
+        # steps name trials by id; a first step starts from the target's sampled value
+        ids = set(results["trial_id"])
+        self.assertTrue(set(hist["trial_id"]) <= ids and set(hist["donor_trial_id"]) <= ids)
+        first = hist.drop_duplicates("trial_id")
+        for _, step in first.iterrows():
+            sampled = results[results["trial_id"] == step["trial_id"]].sort_values("epoch")
+            for key in bounds:
+                self.assertAlmostEqual(step[f"{key}.old"], sampled.iloc[0][key])
         # after an exploit: donor's weights, explored config
         policy = [json.loads(x) for x in (exp / "pbt_global.txt").read_text().splitlines()]
         explored = [p[5] for p in policy]

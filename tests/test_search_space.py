@@ -320,6 +320,22 @@ class Stopper(unittest.TestCase):
         self.assertTrue(s("a", {"epoch": 4, "m": 9.0, "penalised": True}))
         self.assertFalse(s.stop_all())
 
+    def test_diverged_counts_only_evaluated_reports(self) -> None:
+        """With evaluation.every > 1 the epochs between evaluations repeat the last flags
+        (`evaluated: False`): they are not new penalised evaluations."""
+        s = SearchStopper("m", "min", diverged_patience=2)
+        bad = {"m": 1.0, "penalised": True}
+        self.assertFalse(s("a", {"epoch": 1, **bad, "evaluated": True}))
+        self.assertFalse(s("a", {"epoch": 2, **bad, "evaluated": False}))
+        self.assertFalse(s("a", {"epoch": 3, **bad, "evaluated": False}))
+        self.assertTrue(s("a", {"epoch": 4, **bad, "evaluated": True}))
+        # a good evaluation resets the run; carried-forward epochs do not
+        self.assertFalse(s("b", {"epoch": 1, **bad, "evaluated": True}))
+        self.assertFalse(s("b", {"epoch": 2, "m": 0.5, "penalised": False, "evaluated": True}))
+        self.assertFalse(s("b", {"epoch": 3, **bad, "evaluated": True}))
+        self.assertFalse(s("b", {"epoch": 4, **bad, "evaluated": False}))
+        self.assertTrue(s("b", {"epoch": 5, **bad, "evaluated": True}))
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -15,17 +15,23 @@ import io
 import ipaddress
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import types
 import unittest
 from pathlib import Path
+from unittest import mock
 
 import ray
 import yaml
 
 from latent_tune.errors import UserInputError
-from latent_tune.tune.cli import _QUIET_ENV, LOOPBACK_SWITCH, _env, start_local_ray
+from latent_tune.tune.plan import Plan
+from latent_tune.tune.ray_session import LOOPBACK_SWITCH, QUIET_ENV, env, start_local_ray
 from latent_tune.tune.resolve import resolve_trainable
+from latent_tune.tune.run import print_where
 from trainables import eed_staggered
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,8 +138,8 @@ class LocalRayLoopback(unittest.TestCase):
 
     def test_listeners_are_loopback(self) -> None:
         self.assertFalse(ray.is_initialized())
-        env = {**_QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-        with _env(env):
+        env_vars = {**QUIET_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        with env(env_vars):
             ctx = start_local_ray()
         try:
             # start a worker too, so its listeners are counted
@@ -176,6 +182,84 @@ class LocalRayLoopback(unittest.TestCase):
         self.assertEqual(start[2], "False")
         # re-executed in place: the same PID, now with the switch read at import
         self.assertEqual(run, ["run", start[1], "True", "0"])
+
+
+class DashboardToken(unittest.TestCase):
+    """With token authentication the search says how to log in to the dashboard, never the
+    token itself."""
+
+    def _where(self, ctx: object) -> str:
+        plan = Plan(None, "/s", "exp", "/s/exp", True)  # type: ignore[arg-type]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_where(plan, ctx)
+        return out.getvalue()
+
+    def test_hint_next_to_the_dashboard_url(self) -> None:
+        ctx = types.SimpleNamespace(dashboard_url="127.0.0.1:8265")
+        path = "/tmp/lt-home/.ray/auth_token"
+        env_vars = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": path}
+        with mock.patch.dict(os.environ, env_vars):
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+            text = self._where(ctx)
+        lines = text.splitlines()
+        i = next(n for n, line in enumerate(lines) if line.startswith("dashboard:"))
+        self.assertIn("ray get-auth-token", lines[i + 1])
+        self.assertIn(path, lines[i + 1])
+        with mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "disabled"}):
+            self.assertNotIn("get-auth-token", self._where(ctx))
+        with mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "s3cr3t"}):
+            text = self._where(ctx)
+        self.assertIn("RAY_AUTH_TOKEN", text)
+        self.assertNotIn("s3cr3t", text)
+        with mock.patch.dict(os.environ, {"RAY_AUTH_MODE": "token"}):
+            self.assertNotIn("get-auth-token", self._where(types.SimpleNamespace()))
+
+    def test_local_ray_uses_token_auth_and_the_command_prints_the_file(self) -> None:
+        """Ray's own behaviour the hint relies on: a local start without RAY_AUTH_MODE turns
+        token auth on (a token file in ~/.ray), and `ray get-auth-token` prints that token."""
+        home = Path(tempfile.mkdtemp(prefix="lt-home-"))
+        self.addCleanup(shutil.rmtree, home, ignore_errors=True)
+        code = (
+            "from latent_tune.tune.ray_session import dashboard_login_hint, start_local_ray\n"
+            "import ray\n"
+            "start_local_ray(num_cpus=1, include_dashboard=False)\n"
+            "print('HINT', dashboard_login_hint())\n"
+            "ray.shutdown()\n"
+        )
+        env_vars = {
+            k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "HOME"
+        }
+        env_vars.update({**QUIET_ENV, "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0"})
+        env_vars["PYTHONPATH"] = os.pathsep.join([str(ROOT), env_vars.get("PYTHONPATH", "")])
+        run = subprocess.run(
+            [sys.executable, "-c", code],
+            check=False,
+            cwd=ROOT,
+            env=env_vars,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(run.returncode, 0, run.stderr[-2000:])
+        token_file = home / ".ray" / "auth_token"
+        self.assertTrue(token_file.is_file())
+        token = token_file.read_text().strip()
+        hint = next(x for x in run.stdout.splitlines() if x.startswith("HINT"))
+        self.assertIn("ray get-auth-token", hint)
+        self.assertIn(str(token_file), hint)
+        self.assertNotIn(token, hint)
+        ray_cli = Path(sys.executable).parent / "ray"
+        got = subprocess.run(
+            [str(ray_cli), "get-auth-token"],
+            check=False,
+            env=env_vars,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(got.returncode, 0, got.stderr)
+        self.assertEqual(got.stdout.strip(), token)
 
 
 class ShippedFiles(unittest.TestCase):

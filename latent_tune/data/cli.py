@@ -11,7 +11,6 @@ import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import yaml
 
@@ -29,23 +28,16 @@ from latent_tune.data.suite_builder import (
     parse_crossval,
     parse_range,
 )
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.errors import CliParser, UserInputError, run_cli
 
 __all__ = ["main"]
 
 _ZARR_HINT = "needs the zarr extra: pip install 'latent-tune[zarr]'"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as UserInputError (one line, status 2) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UserInputError(None, self.prog.split()[-1], message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m latent_tune.data", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = CliParser(prog="python -m latent_tune.data", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=CliParser)
     s = sub.add_parser("simulate", help="simulate a demo suite (train + cross-val datasets)")
     s.add_argument("--out", required=True, type=Path, help="new suite directory")
     s.add_argument("--preset", default="demo", help=f"one of {', '.join(PRESETS)}")

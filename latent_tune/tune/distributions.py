@@ -1,4 +1,4 @@
-"""Space entries -> Ray Tune sampling domains, and a preview of the trial plan.
+"""Space entries -> Ray Tune sampling domains, and the number of trials a space expands into.
 
 Why: the space file speaks in plain YAML (`loguniform: [1e-6, 1e-2]`); Tune and its searchers
 need Domain objects. Kept in one place so the dry run, the Tuner and PBT's explore agree.
@@ -6,16 +6,13 @@ need Domain objects. Kept in one place so the dry run, the Tuner and PBT's explo
 
 from __future__ import annotations
 
-import itertools
-import math
-import random
 from typing import Any
 
 from ray import tune
 
 from latent_tune.tune.space import DistEntry, SearchSpace
 
-__all__ = ["grid_points", "param_space", "preview_trials", "to_domain", "total_trials"]
+__all__ = ["grid_points", "param_space", "to_domain", "total_trials"]
 
 
 def to_domain(entry: DistEntry, searcher: str) -> Any:
@@ -49,39 +46,3 @@ def grid_points(space: SearchSpace) -> int:
 
 def total_trials(space: SearchSpace) -> int:
     return space.trials.num_samples * grid_points(space)
-
-
-def _sample(entry: DistEntry, rng: random.Random) -> Any:
-    kind, values = entry.kind, entry.values
-    if kind in ("choice", "grid"):
-        return rng.choice(list(values))
-    lo, hi = values
-    if kind == "uniform":
-        return rng.uniform(lo, hi)
-    if kind == "loguniform":
-        return math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    return rng.randrange(int(lo), int(hi))
-
-
-def preview_trials(space: SearchSpace, limit: int = 10) -> list[dict[str, Any]]:
-    """A seeded preview of the first trials (exact for grid values; random draws otherwise).
-
-    Optuna's TPE adapts to results, so for it only the first draws are representative.
-    """
-    rng = random.Random(space.searcher.seed)
-    gridded = {
-        k: list(e.values)
-        for k, e in space.space.items()
-        if e.kind == "grid" or (e.kind == "choice" and space.searcher_type == "grid")
-    }
-    combos = [dict(zip(gridded, vals)) for vals in itertools.product(*gridded.values())] or [{}]
-    out: list[dict[str, Any]] = []
-    for _ in range(space.trials.num_samples):
-        for combo in combos:
-            params = {
-                k: combo[k] if k in combo else _sample(e, rng) for k, e in space.space.items()
-            }
-            out.append(params)
-            if len(out) >= limit:
-                return out
-    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from latent_tune.errors import UserInputError, run_cli
+from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.tune.files import TRIALS_FILE
 from latent_tune.tune.html_report import write_report_html
 from latent_tune.tune.results import format_ranked, rank_trials, records_from_dir, trials_table
@@ -74,7 +74,8 @@ def _report(args: argparse.Namespace) -> int:
             df.insert(0, "experiment", Path(d).name)
         frames.append(df)
     df = rank_trials(pd.concat(frames, ignore_index=True), metric, args.mode)
-    params = [c for c in df.columns if c not in _FIXED and not c.startswith(("best_", "final_"))]
+    skip = ("best_", "final_", "baseline_")
+    params = [c for c in df.columns if c not in _FIXED and not c.startswith(skip)]
     if args.json:
         print(json.dumps(json.loads(df.to_json(orient="records")), indent=1))
     else:
@@ -84,7 +85,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m latent_tune.report`."""
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="python -m latent_tune.report",
         description="Rank the trials of one or several experiments.",
     )
@@ -94,5 +95,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print the ranked table as JSON")
     p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
-    args = p.parse_args(argv)
-    return run_cli(lambda: _report(args))
+    return run_cli(lambda: _report(p.parse_args(argv)))

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from latent_tune.bundled import bundled_dir
 from latent_tune.errors import UserInputError
 from latent_tune.sanity import check_values, load_yaml_mapping
 from latent_tune.training.config import (
@@ -46,17 +47,6 @@ __all__ = [
 META_KEY = "_latent_tune"  # the fixed part of every trial's Tune config (base config etc.)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE_FN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def bundled_dir(package: str) -> Path | None:
-    """Directory of a bundled data package (`trainables`, `search_spaces`), if importable."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def resolve_trainable(name: str, *, file: str | os.PathLike | None = None) -> Callable:

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 
@@ -35,9 +36,11 @@ from latent_tune.tune.files import (
     TRAINER_FILE,
     TRIALS_FILE,
 )
+from latent_tune.tune.pbt_history import pbt_history
 from latent_tune.tune.resolve import META_KEY
 
 __all__ = [
+    "BASELINES",
     "BEST_DIR",
     "PBT_HISTORY_FILE",
     "RESULTS_FILE",
@@ -56,6 +59,13 @@ __all__ = [
     "trials_table",
     "write_hparams_view",
 ]
+
+# the baselines' scores at each trial's best epoch: report key -> trials table column
+BASELINES = {
+    "constant_rollout_mse": "baseline_constant",
+    "linear_rollout_mse": "baseline_linear",
+}
+_BASELINE_LABELS = {"baseline_constant": "const", "baseline_linear": "linear"}
 
 _DROP = {
     "checkpoint_dir_name",
@@ -82,6 +92,7 @@ class TrialRecord:
     path: str | None
     checkpoint: Any | None  # ray.tune.Checkpoint
     config: Mapping[str, Any] | None = None  # sampled values (a trial failing at once has no rows)
+    max_epochs: int | None = None  # this trial's configured epochs, when it differs per trial
 
 
 def _norm_rows(df: pd.DataFrame | None, trial_id: str, params: Iterable[str]) -> pd.DataFrame:
@@ -136,7 +147,8 @@ def records_from_grid(
         status = statuses.get(tid, "ERROR" if r.error else "TERMINATED")
         error = None if r.error is None else error_text(r.error)
         config = {p: (r.config or {}).get(p) for p in params}
-        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint, config))
+        epochs = _configured_epochs(r.config or {})
+        out.append(TrialRecord(tid, rows, status, error, r.path, r.checkpoint, config, epochs))
     return out
 
 
@@ -155,6 +167,17 @@ def error_text(err: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
+def _configured_epochs(config: Mapping[str, Any]) -> int | None:
+    """A trial's training.epochs from its Tune config: a sampled value, else its base config."""
+    if isinstance(config.get("training.epochs"), int | float):
+        return int(config["training.epochs"])
+    meta = config.get(META_KEY)
+    base = yaml.safe_load(meta["base"]) if isinstance(meta, dict) and "base" in meta else None
+    training = base.get("training") if isinstance(base, dict) else None
+    epochs = training.get("epochs") if isinstance(training, dict) else None
+    return int(epochs) if isinstance(epochs, int | float) else None
+
+
 def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list[TrialRecord]:
     """Records rebuilt from the trial dirs' result.json (for `report` on an unexported run)."""
     out: list[TrialRecord] = []
@@ -171,9 +194,17 @@ def records_from_dir(exp_dir: Path, params: Iterable[str] | None = None) -> list
         error = error_file.read_text()[:500] if error_file.is_file() else None
         status = "ERROR" if error else ("TERMINATED" if lines[-1].get("done") else "UNKNOWN")
         ckpts = sorted(result_file.parent.glob("checkpoint_*"))
+        config = lines[-1].get("config")
+        epochs = _configured_epochs(config) if isinstance(config, dict) else None
         out.append(
             TrialRecord(
-                tid, rows, status, error, str(result_file.parent), ckpts[-1] if ckpts else None
+                tid,
+                rows,
+                status,
+                error,
+                str(result_file.parent),
+                ckpts[-1] if ckpts else None,
+                max_epochs=epochs,
             )
         )
     return out
@@ -190,7 +221,7 @@ def results_table(records: list[TrialRecord]) -> pd.DataFrame:
 
 
 def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Rows that may be picked as best: finite objective, not penalised (METHOD.md sec 8).
+    """Rows that may be picked as best: finite objective, not penalised.
 
     Penalised rows carry the penalty objective; `diverged` (an early threshold crossing) is
     kept in the tables but does not exclude a row, since on small data every rollout crosses.
@@ -207,21 +238,29 @@ def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
 def trials_table(
     records: list[TrialRecord], metric: str, mode: str, params: Iterable[str], max_epochs: int
 ) -> pd.DataFrame:
-    """trials.parquet: one row per trial with final and best objective, status, config."""
+    """trials.parquet: one row per trial with final and best objective, status, config.
+
+    `max_epochs` is the search's epoch count; a record's own `max_epochs` wins (a searched
+    training.epochs, or a report rebuilt from trial dirs of unknown searches)."""
     params = list(params)
     rows: list[dict[str, Any]] = []
     for r in records:
         last = r.rows.iloc[-1] if not r.rows.empty else None
         valid = _valid(r.rows, metric)
         best_val, best_epoch = math.nan, None
+        baselines = dict.fromkeys(BASELINES.values(), math.nan)
         if not valid.empty:
             vals = pd.to_numeric(valid[metric])
             idx = vals.idxmin() if mode == "min" else vals.idxmax()
             best_val, best_epoch = float(vals[idx]), int(valid.loc[idx, "epoch"])
+            for src, col in BASELINES.items():
+                if src in valid.columns:
+                    baselines[col] = _float(valid.loc[idx, src])
         epochs = int(last["epoch"]) if last is not None else 0
         status = r.status
         if status == "TERMINATED" and r.error is None:
-            status = "completed" if epochs >= max_epochs else "stopped_early"
+            planned = r.max_epochs if r.max_epochs is not None else max_epochs
+            status = "completed" if epochs >= planned else "stopped_early"
         row: dict[str, Any] = {
             "trial_id": r.trial_id,
             "status": status,
@@ -231,6 +270,7 @@ def trials_table(
             else math.nan,
             f"best_{metric}": best_val,
             "best_epoch": best_epoch,
+            **baselines,
             "diverged": bool(last["diverged"])
             if last is not None and "diverged" in last and last["diverged"] == last["diverged"]
             else False,
@@ -245,6 +285,13 @@ def trials_table(
     if df.empty:
         return df
     return rank_trials(df, metric, mode)
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def rank_trials(df: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
@@ -270,31 +317,6 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
             if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
                 df[col] = df[col].map(lambda v: None if v is None else str(v))
     return df
-
-
-def pbt_history(exp_dir: Path, params: Iterable[str]) -> pd.DataFrame:
-    """The PBT exploit/explore log (pbt_global.txt) as a table: who cloned whom, old -> new."""
-    path = Path(exp_dir) / "pbt_global.txt"
-    params = list(params)
-    if not path.is_file():
-        return pd.DataFrame()
-    rows: list[dict[str, Any]] = []
-    for n, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        target_tag, donor_tag, target_it, donor_it, donor_cfg, new_cfg = json.loads(line)
-        row: dict[str, Any] = {
-            "step": n,
-            "target_trial": int(str(target_tag).split("_")[0]),
-            "donor_trial": int(str(donor_tag).split("_")[0]),
-            "target_iteration": target_it,
-            "donor_iteration": donor_it,
-        }
-        for p in params:
-            row[f"{p}_donor"] = donor_cfg.get(p)
-            row[p] = new_cfg.get(p)
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def write_hparams_view(
@@ -386,7 +408,7 @@ def export_all(
     trials = trials_table(records, metric, mode, params, max_epochs)
     _write_parquet(results, out_dir / RESULTS_FILE)
     _write_parquet(trials, out_dir / TRIALS_FILE)
-    history = pbt_history(pbt_dir or out_dir, params)
+    history = pbt_history(pbt_dir or out_dir, params, _start_values(records, params))
     if not history.empty:
         _write_parquet(history, out_dir / PBT_HISTORY_FILE)
     best_trial, best_dir = None, None
@@ -397,6 +419,18 @@ def export_all(
             best_dir = out_dir / BEST_DIR
     write_hparams_view(out_dir, trials, params, metric)
     return ExportSummary(results, trials, best_trial, best_dir, history)
+
+
+def _start_values(records: list[TrialRecord], params: list[str]) -> dict[str, dict[str, Any]]:
+    """Each trial's sampled values (its first result row; its config when it has no rows)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        first = r.rows.iloc[0] if not r.rows.empty else None
+        out[r.trial_id] = {
+            p: first[p] if first is not None and p in first else (r.config or {}).get(p)
+            for p in params
+        }
+    return out
 
 
 def _isnan(v: Any) -> bool:
@@ -421,15 +455,26 @@ def param_labels(paths: Iterable[str]) -> dict[str, str]:
 
 
 def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limit: int = 20) -> str:
-    """A compact ranked table for the console."""
+    """A compact ranked table for the console: the best score next to the two baselines'
+    scores on the same windows at that epoch (a column an old experiment lacks is left out)."""
     params = list(params)
     if trials.empty:
         return "(no trials)"
-    cols = ["rank", "trial_id", "status", f"best_{metric}", "best_epoch", "epochs", *params]
+    baselines = [c for c in _BASELINE_LABELS if c in trials.columns and trials[c].notna().any()]
+    cols = [
+        "rank",
+        "trial_id",
+        "status",
+        f"best_{metric}",
+        *baselines,
+        "best_epoch",
+        "epochs",
+        *params,
+    ]
     if "experiment" in trials.columns:
         cols.insert(1, "experiment")
     cols = [c for c in cols if c in trials.columns]
-    short = param_labels(params)
+    short = {**param_labels(params), **_BASELINE_LABELS}
     header = [short.get(c, c) for c in cols]
     body = [[_fmt(row[c]) for c in cols] for _, row in trials.head(limit).iterrows()]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]

@@ -18,8 +18,10 @@ __all__ = ["SearchStopper"]
 class SearchStopper(Stopper):
     """Per-trial divergence stop + optional whole-experiment plateau stop.
 
-    Divergence: `diverged_patience` reports in a row whose objective was penalised (NaN or an
-    exploding rollout, METHOD.md sec 8) or is not finite stop that trial.
+    Divergence: `diverged_patience` evaluations in a row whose objective was penalised (NaN or
+    an exploding rollout) or is not finite stop that trial. Reports of epochs without an
+    evaluation (`evaluated: False`, evaluation.every > 1) carry the last flags forward and
+    are not counted.
 
     Plateau: generation g covers epochs ((g-1) * interval, g * interval]; B(g) is the best
     objective seen up to generation g. Once generation G has started, generation G-1 counts as
@@ -86,7 +88,7 @@ class SearchStopper(Stopper):
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         self._update_plateau(result)
-        if self.diverged_patience > 0:
+        if self.diverged_patience > 0 and result.get("evaluated", True):
             value = result.get(self.metric)
             bad = bool(result.get("penalised")) or (
                 isinstance(value, float) and not math.isfinite(value)
