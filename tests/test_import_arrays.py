@@ -19,6 +19,7 @@ from latent_tune.data.reader import Dataset
 from latent_tune.errors import UserInputError
 from latent_tune.training.config import load_config
 from latent_tune.training.data import clear_suite_cache, load_run_data
+from latent_tune.training.trainer import Trainer
 from tests.test_data_cli import run_main
 
 HAVE_H5PY = importlib.util.find_spec("h5py") is not None
@@ -262,7 +263,7 @@ class NoConnectomeAugTest(unittest.TestCase):
         load_run_data(load_config(TINY, [*base, "loss.aug.coeff=0.5"]))  # num_neurons 0: off
         cfg = load_config(TINY, [*base, "loss.aug.coeff=0.5", "loss.aug.num_neurons=4"])
         with self.assertRaises(UserInputError) as cm:
-            load_run_data(cfg)
+            Trainer(cfg, None, "cpu")  # the EED recipe opens the connectome for AUG
         self.assertEqual(cm.exception.key, "loss.aug.coeff")
         self.assertIn("needs a connectome", cm.exception.problem)
 

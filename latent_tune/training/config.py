@@ -199,6 +199,9 @@ class EvaluationConfig(_Strict):
     # start (tu rows for the interpolated EED start frame).
     seed: int = 0
     start_margin: PositiveInt = 100
+    # The last part of every cross-validation range that nothing selects on (no best epoch, no
+    # ranking, no scheduler): the final epoch is also scored there, `test_crossval_rollout_mse`.
+    test_fraction: float = Field(default=1 / 3, ge=0.0, le=0.8)
     rollout_steps: PositiveInt = 2000
     starts: PositiveInt = 10
     divergence_threshold: PositiveFloat = 1.0

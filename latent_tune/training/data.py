@@ -34,6 +34,7 @@ __all__ = [
     "load_run_data",
     "open_suite",
     "resolve_suite_path",
+    "split_test_range",
     "to_device",
 ]
 
@@ -197,13 +198,43 @@ class RunData:
     def eval_sets(
         self, acq: Acquisition, cfg: BaseTrainConfig, device: torch.device | str
     ) -> tuple[EvalSet, list[EvalSet]]:
-        """Validation set and cross-validation sets, loaded once to the device."""
+        """Validation set and the selection part of each cross-validation set, on the device."""
         val = self.eval_set("val", self.train, self.val_range, acq=acq, cfg=cfg, device=device)
+        frac = cfg.evaluation.test_fraction
         cvs = [
-            self.eval_set(n, ds, r, acq=acq, cfg=cfg, device=device)
+            self.eval_set(n, ds, split_test_range(r, frac)[0], acq=acq, cfg=cfg, device=device)
             for n, ds, r in self.crossval_specs
         ]
         return val, cvs
+
+    def test_sets(
+        self, acq: Acquisition, cfg: BaseTrainConfig, device: torch.device | str
+    ) -> list[EvalSet]:
+        """The held-out test part of each cross-validation set that can hold a rollout.
+
+        Nothing selects on these windows (no best epoch, no ranking, no scheduler): they give
+        an unbiased final-epoch value. A test part too short for one rollout after the start
+        margin is left out (its dataset then has no test value).
+        """
+        ev = cfg.evaluation
+        need = ev.rollout_steps + ev.start_margin + 1
+        out = []
+        for name, ds, r in self.crossval_specs:
+            test = split_test_range(r, ev.test_fraction)[1]
+            if test is not None and test[1] - test[0] >= need:
+                out.append(self.eval_set(name, ds, test, acq=acq, cfg=cfg, device=device))
+        return out
+
+
+def split_test_range(
+    rng: tuple[int, int], fraction: float
+) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """(selection part, test part or None): the test part is the last `fraction` of the rows."""
+    t0, t1 = rng
+    n_test = int(round((t1 - t0) * float(fraction)))
+    if n_test <= 0:
+        return (t0, t1), None
+    return (t0, t1 - n_test), (t1 - n_test, t1)
 
 
 def _crossval_specs(
@@ -267,14 +298,6 @@ def load_run_data(cfg: BaseTrainConfig) -> RunData:
         cfg.data.val_range, tuple(suite.manifest.train.val_range), n_rows, "data.val_range"
     )
     rng = _train_range(cfg, suite, n_rows, val)
-    aug = cfg.loss.aug
-    if aug.coeff > 0 and aug.num_neurons > 0 and train.connectome()[0].size == 0:
-        raise UserInputError(
-            None,
-            "loss.aug.coeff",
-            f"{aug.coeff} needs a connectome, but the training dataset {train.path} has no edges "
-            "(set loss.aug.coeff: 0, or import the data with its connectome)",
-        )
     return RunData(
         suite_path=Path(suite.path),
         quantity=quantity,

@@ -20,7 +20,14 @@ from latent_tune.training.data import EvalSet
 from latent_tune.training.evaluate import DatasetEval, crossval_objective, evaluate_dataset
 from latent_tune.training.tensorboard import TBLogger
 
-__all__ = ["evaluate_all", "is_penalised", "log_eval", "objective_metrics", "trace_neurons"]
+__all__ = [
+    "evaluate_all",
+    "is_penalised",
+    "log_eval",
+    "objective_metrics",
+    "test_metrics",
+    "trace_neurons",
+]
 
 
 def trace_neurons(cell_types: np.ndarray) -> Tensor:
@@ -89,6 +96,28 @@ def objective_metrics(
         obj[f"cv_{name}_mse_overall"] = float(e.metrics["mse_overall"])
         obj[f"cv_{name}_constant_mse_overall"] = float(e.metrics["constant_mse_overall"])
     return obj
+
+
+def test_metrics(trainer: Any, model: torch.nn.Module, step: int) -> dict[str, float | bool]:
+    """`model` on the held-out test windows (logged under `Test/<name>/`): the objective, the
+    penalty flag and both baselines with a `test_` prefix; empty without test sets."""
+    if not trainer.test:
+        return {}
+    evals = {es.name: evaluate_set(trainer, model, es, False) for es in trainer.test}
+    pf = trainer.config.evaluation.penalty_factor
+    obj = crossval_objective(evals, pf)
+    for name, ev in evals.items():
+        trainer.tb.scalars(f"Test/{name}/", ev.metrics, step)
+    return {
+        "test_crossval_rollout_mse": float(obj["crossval_rollout_mse"]),
+        "test_penalised": any(is_penalised(e, pf) for e in evals.values()),
+        "test_constant_rollout_mse": float(
+            np.mean([e.metrics["constant_mse_overall"] for e in evals.values()])
+        ),
+        "test_linear_rollout_mse": float(
+            np.mean([e.metrics["linear_interp_mse_overall"] for e in evals.values()])
+        ),
+    }
 
 
 def log_eval(trainer: Any, evals: Mapping[str, DatasetEval], step: int, need_figures: bool) -> None:

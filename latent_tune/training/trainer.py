@@ -37,6 +37,7 @@ from latent_tune.training.diagnostics import (
     evaluate_all,
     log_eval,
     objective_metrics,
+    test_metrics,
     trace_neurons,
 )
 from latent_tune.training.evaluate import DatasetEval
@@ -92,6 +93,7 @@ class Trainer:
                     f"(context + horizon + 2 = {need})",
                 )
             self.val, self.crossval = self.data.eval_sets(self.acq, cfg, self.device)
+            self.test = self.data.test_sets(self.acq, cfg, self.device)
         except UserInputError as e:
             if e.file is None and source is not None:
                 raise UserInputError(source, e.key, e.problem) from None
@@ -267,6 +269,8 @@ class Trainer:
             self.last_dataset_metrics = {k: dict(e.metrics) for k, e in evals.items()}
             self._update_best(obj)
             log_eval(self, evals, index, need_figures)
+            if self.done:  # the final model, once, on the windows nothing selects on
+                self.last_eval.update(test_metrics(self, self.model, index))
             diag = time.perf_counter() - t_eval
         duration = time.perf_counter() - t_start
         self.total_elapsed += duration
@@ -322,6 +326,8 @@ class Trainer:
         for k, v in last.items():
             if k.startswith("cv_"):
                 out[k] = float(v)
+            elif k.startswith("test_"):
+                out[k] = bool(v) if isinstance(v, bool) else float(v)
         return out
 
     # ------------------------------------------------------------------ state

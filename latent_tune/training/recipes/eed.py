@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from latent_tune.data.acquisition import Acquisition
 from latent_tune.data.interpolation import interpolate_rows
+from latent_tune.errors import UserInputError
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.config import TrainConfig
 from latent_tune.training.data import RunData
@@ -54,6 +55,14 @@ class EEDRecipe(Recipe):
         if cfg.loss.aug.coeff > 0 and cfg.loss.aug.num_neurons > 0:
             # Writable copies: torch.as_tensor of the read-only mapped edge arrays would warn.
             pre, post, _ = data.train.connectome()
+            if np.asarray(pre).size == 0:
+                raise UserInputError(
+                    None,
+                    "loss.aug.coeff",
+                    f"{cfg.loss.aug.coeff} needs a connectome, but the training dataset "
+                    f"{data.train.path} has no edges (set loss.aug.coeff: 0, or import the data "
+                    "with its connectome)",
+                )
             conn = Connectome(np.array(pre), np.array(post), data.n_neurons, device=device)
             self.aug = AugSampler(conn, cfg.loss.aug.num_neurons, seed=cfg.training.seed + 1)
         self.stimulus_frozen = False
