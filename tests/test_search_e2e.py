@@ -69,6 +69,58 @@ def _assert_dry_run_preview_ran(test, space: Path, sets: list[str], exp: Path) -
             test.assertAlmostEqual(float(first.loc[tid, key]), float(value), msg=(tid, key))
 
 
+def _results_column(tag: str) -> str | None:
+    """The results.parquet column of a TensorBoard scalar tag, where the trial reports both."""
+    parts = tag.split("/")
+    if parts[0] == "hparam":
+        return parts[1]
+    if parts[0] == "Loss":
+        return parts[1]  # Loss/train_total -> train_total
+    if parts[0] == "Val":
+        return f"val_{parts[1]}"
+    if parts[0] == "CrossVal" and len(parts) == 3:
+        return f"cv_{parts[1]}_{parts[2]}"
+    if parts[0] == "Train":
+        return parts[1]
+    return None
+
+
+def _assert_storage_events_match_results(test, exp: Path) -> int:
+    """Each early-stopped trial's event files in the experiment's storage copy hold its last
+    reported epoch, every scalar equal to results.parquet. Returns how many trials it checked.
+
+    Steps: the trainer logs epoch e at step e - 1, the trial's `hparam/` scalars at step e."""
+    results = pd.read_parquet(exp / "results.parquet")
+    trials = pd.read_parquet(exp / "trials.parquet")
+    stopped = trials[trials["status"] == "stopped_early"]
+    for tid, path in stopped[["trial_id", "path"]].values:
+        test.assertTrue(str(path).startswith(str(exp)), path)  # the storage copy
+        rows = results[results["trial_id"] == tid].sort_values("epoch")
+        last = rows.iloc[-1]
+        epoch = int(last["epoch"])
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        steps = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+        checked = 0
+        for tag, values in steps.items():
+            step = epoch if tag.startswith("hparam/") else epoch - 1
+            test.assertLessEqual(max(values), step, (tid, tag))
+            col = _results_column(tag)
+            if col is None or col not in rows.columns or step not in values:
+                continue
+            want = float(last[col])
+            test.assertAlmostEqual(values[step], want, delta=1e-6 * abs(want), msg=(tid, tag))
+            checked += 1
+        for tag, step in (
+            ("hparam/crossval_rollout_mse", epoch),
+            ("Loss/train_total", epoch - 1),
+            ("Val/mse_overall", epoch - 1),
+        ):
+            test.assertIn(step, steps.get(tag, {}), (tid, tag))
+        test.assertGreater(checked, 5, tid)
+    return len(stopped)
+
+
 def _trial_dirs(exp: Path) -> dict[str, Path]:
     """trial id -> trial dir (read from each trial's result.json)."""
     out = {}
@@ -143,6 +195,8 @@ class SearchE2E(unittest.TestCase):
         # ASHA stopped some trials early; at least one ran all epochs
         self.assertIn("stopped_early", set(trials["status"]))
         self.assertIn("completed", set(trials["status"]))
+        # the storage copy of a trial ASHA stopped holds its last epoch (not the one before)
+        self.assertGreater(_assert_storage_events_match_results(self, exp), 0)
         self.assertEqual(int(trials["epochs"].max()), 6)
         # best/: retrainable config + best-epoch weights
         best = trials.iloc[0]

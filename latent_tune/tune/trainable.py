@@ -26,7 +26,6 @@ import torch
 import yaml
 from ray import tune
 from ray.tune.result import DONE
-from tensorboardX import SummaryWriter
 
 from latent_tune.training.config import BaseTrainConfig, flatten, validate_config
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
@@ -40,6 +39,7 @@ from latent_tune.tune.files import (
 )
 from latent_tune.tune.gpu_share import claim_gpu_share, explain_gpu_oom, peak_gb
 from latent_tune.tune.resolve import META_KEY, trial_config
+from latent_tune.tune.trial_events import TrialEventWriter
 
 __all__ = ["CKPT_TMP_PREFIX", "run_trial", "sweep_orphaned_checkpoint_dirs", "weights_digest"]
 
@@ -190,6 +190,19 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
         _train(cfg, params, device, every=every, metric=metric)
 
 
+def _upload_trial_dir(ctx: Any) -> None:
+    """Upload this epoch's event files to the experiment storage before reporting the epoch.
+
+    Why: without a checkpoint, Ray uploads the trial dir only every `sync_period` (minutes) and
+    once more when the trial's actor stops. A trial a scheduler stops (ASHA) stays blocked in
+    its last report; with reused actors that final upload runs only when the actor is reused
+    or cleaned up, and the driver kills actors that take long to stop at the end of the search,
+    so the storage copy kept an earlier epoch's scalars (TensorBoard disagreed with
+    results.parquet). Uploading before each report keeps storage at least as new as the results.
+    """
+    ctx.get_storage().persist_artifacts(force=True)
+
+
 def _train(
     cfg: BaseTrainConfig, params: dict[str, Any], device: torch.device, *, every: int, metric: str
 ) -> None:
@@ -198,7 +211,7 @@ def _train(
     trial_dir = Path(ctx.get_trial_dir())
     trial_id = ctx.get_trial_id()
     trainer = Trainer(cfg, trial_dir, device)
-    writer = SummaryWriter(logdir=str(trial_dir), flush_secs=30, filename_suffix=".hparams")
+    writer = TrialEventWriter(trial_dir, filename_suffix=".hparams")
     try:
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
@@ -225,8 +238,10 @@ def _train(
             if trainer.done or epoch % every == 0:
                 with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-") as tmp:
                     _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
+                    # Ray uploads the trial dir with a checkpoint (sync_artifacts_on_checkpoint)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
+                _upload_trial_dir(ctx)
                 tune.report(metrics)
     finally:
         writer.close()
