@@ -324,10 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 on bad input)."""
 
     def body() -> int:
-        try:
-            args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-        except SystemExit as e:  # --help
-            return int(e.code or 0)
+        args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
         if args.command == "simulate":
             return _simulate(args.out, args.preset, args.seed, args.force)
         if args.command == "info":
