@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="sets training.epochs")
     p.add_argument("--device", default="cpu", help="torch device of every run (default cpu)")
     p.add_argument("--keep", type=Path, default=None, help="keep the run dirs under DIR")
+    p.add_argument(
+        "--from-runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="train nothing: summarise the run dirs a --keep DIR left (finished or not)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--label", default=None, help="name of this measurement (default: stem)")
     return p
@@ -108,6 +115,7 @@ def summarise_run(seed: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "seed": seed,
         "epochs": int(last["epoch"]),
+        "complete": True,
         "objective_by_epoch": objective,
         "evaluated": [bool(r.get("evaluated")) for r in rows],
         "penalised": [bool(r.get("penalised")) for r in rows],
@@ -135,8 +143,13 @@ def _stats(values: list[float | None]) -> dict[str, float | None]:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Across seeds: spread of best and final, late penalties, worst final/best, volatility."""
-    ok = [r for r in runs if "error" not in r]
-    out: dict[str, Any] = {"runs": len(runs), "failed_runs": len(runs) - len(ok)}
+    done = [r for r in runs if "error" not in r]
+    ok = [r for r in done if r["complete"]]
+    out: dict[str, Any] = {
+        "runs": len(runs),
+        "failed_runs": len(runs) - len(done),
+        "incomplete_runs": len(done) - len(ok),  # still training (--from-runs): not summarised
+    }
     for key in ("best", "final", "best_rel", "final_rel"):
         out[key] = _stats([r[key] for r in ok])
     late = [r for r in ok if (r["last_penalised_epoch"] or 0) > LATE_EPOCH]
@@ -192,6 +205,17 @@ def train_one(
     return run
 
 
+def from_run_dir(run_dir: Path, seed: int, epochs: int) -> dict[str, Any]:
+    """A kept run dir's summary, finished or still training (no history yet: an error)."""
+    history = run_dir / "history.jsonl"
+    rows = read_history(history) if history.is_file() else []
+    if not rows:
+        return {"seed": seed, "error": f"{history}: no epoch written"}
+    run = summarise_run(seed, rows)
+    run["complete"] = run["epochs"] >= epochs
+    return run
+
+
 def _fmt(v: float | None, spec: str = ".3f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -204,6 +228,9 @@ def table(result: dict[str, Any]) -> str:
         if "error" in r:
             lines.append(f"{r['seed']:<6} FAILED: {r['error'].splitlines()[-1:]}")
             continue
+        if not r["complete"]:
+            lines.append(f"{r['seed']:<6} (epoch {r['epochs']} so far) {r['objective_by_epoch']}")
+            continue
         lines.append(
             f"{r['seed']:<6} {_fmt(r['best_rel']):>6} {r['best_epoch']:>4} "
             f"{_fmt(r['final_rel']):>8} {_fmt(r['final_over_best'], '.2f'):>9} "
@@ -211,10 +238,11 @@ def table(result: dict[str, Any]) -> str:
         )
     s = result["summary"]
     b, f = s["best_rel"], s["final_rel"]
+    n = s["runs"] - s["failed_runs"] - s["incomplete_runs"]
     lines.append(
         f"best/const {_fmt(b['mean'])} +- {_fmt(b['sd'])}, final/const {_fmt(f['mean'])} +- "
         f"{_fmt(f['sd'])} (CV {_fmt(f['cv'], '.0%')}), penalised after epoch 2: "
-        f"{s['runs_penalised_after_epoch_2']}/{s['runs'] - s['failed_runs']}, max final/best "
+        f"{s['runs_penalised_after_epoch_2']}/{n}, max final/best "
         f"{_fmt(s['max_final_over_best'], '.2f')}, volatility {_fmt(s['mean_volatility'])}"
     )
     lines.append("criteria: " + ", ".join(f"{k} {v}" for k, v in s["criteria"].items()))
@@ -248,14 +276,19 @@ def _main(argv: Sequence[str] | None) -> int:
     seeds = [base + i for i in range(args.seeds)]
     jobs = args.jobs or min(args.seeds, len(os.sched_getaffinity(0)))
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="lt-stability-") as tmp:
-        root = args.keep if args.keep is not None else Path(tmp)
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [
-                pool.submit(train_one, config_path, sets, s, root / f"seed-{s}", args.device)
-                for s in seeds
-            ]
-            runs = [f.result() for f in futures]
+    if args.from_runs is not None:
+        runs = [
+            from_run_dir(args.from_runs / f"seed-{s}", s, config.training.epochs) for s in seeds
+        ]
+    else:
+        with tempfile.TemporaryDirectory(prefix="lt-stability-") as tmp:
+            root = args.keep if args.keep is not None else Path(tmp)
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [
+                    pool.submit(train_one, config_path, sets, s, root / f"seed-{s}", args.device)
+                    for s in seeds
+                ]
+                runs = [f.result() for f in futures]
     result = {
         "bench": "stability",
         "label": args.label or config_path.stem,
@@ -265,6 +298,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "epochs": config.training.epochs,
         "seeds": seeds,
         "jobs": jobs,
+        "from_runs": None if args.from_runs is None else str(args.from_runs),
         "threads_per_run": 1,
         "wall_s": round(time.perf_counter() - t0, 1),
         "criteria_limits": CRITERIA,
