@@ -14,8 +14,9 @@ Per run: the objective of every epoch, the penalised flags, best and final (raw 
 fraction of the constant baseline's rollout MSE), final/best, the epoch of the last penalised
 evaluation, and the volatility: the median |log(x_t / x_{t-1})| over consecutive evaluated
 epochs (0.1 = a typical epoch moves the objective by ~10%). Across seeds: mean, sd (ddof=1)
-and CV of best and final, runs with a penalised evaluation after epoch 2, the largest
-final/best, the mean volatility, and the acceptance criteria of a stable recipe (``criteria``).
+and CV of best and final, runs with a penalised evaluation (or one no better than the constant
+baseline) after epoch 2, the largest final/best, the mean volatility, and the acceptance
+criteria of a stable recipe (``criteria``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def summarise_run(seed: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
     const = _finite(last.get("constant_rollout_mse"))
     best, final = _finite(last.get("best_crossval_rollout_mse")), objective[-1]
     penalised_at = [int(r["epoch"]) for r in ev if r.get("penalised")]
+    # Unpenalised but no better than predicting the start frame forever: as bad for a ranking.
+    worse_at = [
+        int(r["epoch"])
+        for r in ev
+        if const and (_finite(r.get(OBJECTIVE)) is None or r[OBJECTIVE] >= const)
+    ]
 
     def rel(v: float | None) -> float | None:
         return v / const if v is not None and const else None
@@ -127,6 +134,7 @@ def summarise_run(seed: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "final_rel": rel(final),
         "final_over_best": final / best if final is not None and best else None,
         "last_penalised_epoch": max(penalised_at) if penalised_at else None,
+        "last_worse_than_constant_epoch": max(worse_at) if worse_at else None,
         "volatility": volatility([_finite(r.get(OBJECTIVE)) for r in ev]),
         "epoch_s": float(np.mean([r.get("epoch_duration", 0.0) for r in rows])),
     }
@@ -154,6 +162,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         out[key] = _stats([r[key] for r in ok])
     late = [r for r in ok if (r["last_penalised_epoch"] or 0) > LATE_EPOCH]
     out["runs_penalised_after_epoch_2"] = len(late)
+    worse = [r for r in ok if (r["last_worse_than_constant_epoch"] or 0) > LATE_EPOCH]
+    out["runs_worse_than_constant_after_epoch_2"] = len(worse)
     ratios = [r["final_over_best"] for r in ok if r["final_over_best"] is not None]
     out["max_final_over_best"] = max(ratios) if ratios else None
     vols = [r["volatility"] for r in ok if r["volatility"] is not None]
@@ -242,7 +252,8 @@ def table(result: dict[str, Any]) -> str:
     lines.append(
         f"best/const {_fmt(b['mean'])} +- {_fmt(b['sd'])}, final/const {_fmt(f['mean'])} +- "
         f"{_fmt(f['sd'])} (CV {_fmt(f['cv'], '.0%')}), penalised after epoch 2: "
-        f"{s['runs_penalised_after_epoch_2']}/{n}, max final/best "
+        f"{s['runs_penalised_after_epoch_2']}/{n} (worse than constant: "
+        f"{s['runs_worse_than_constant_after_epoch_2']}/{n}), max final/best "
         f"{_fmt(s['max_final_over_best'], '.2f')}, volatility {_fmt(s['mean_volatility'])}"
     )
     lines.append("criteria: " + ", ".join(f"{k} {v}" for k, v in s["criteria"].items()))

@@ -203,6 +203,7 @@ class TestStabilityMeasures(unittest.TestCase):
         steps = sorted([math.log(2), math.log(40), math.log(20)])
         self.assertAlmostEqual(run["volatility"], steps[1])
         self.assertEqual(run["last_penalised_epoch"], 4)
+        self.assertEqual(run["last_worse_than_constant_epoch"], 4)  # 1.0 < const 2.0 at 5
         self.assertEqual((run["best_rel"], run["final_rel"]), (0.25, 0.5))
         self.assertEqual(run["final_over_best"], 2.0)
         self.assertEqual(run["penalised"], [False, False, False, True, False])
@@ -213,6 +214,7 @@ class TestStabilityMeasures(unittest.TestCase):
         s = self.bench.summarise([early, late, {"seed": 3, "error": "boom"}])
         self.assertEqual((s["runs"], s["failed_runs"]), (3, 1))
         self.assertEqual(s["runs_penalised_after_epoch_2"], 1)
+        self.assertEqual(s["runs_worse_than_constant_after_epoch_2"], 1)
         self.assertEqual(s["max_final_over_best"], 40.0)
         self.assertFalse(s["criteria"]["penalised_after_epoch_2"])
         self.assertFalse(s["criteria"]["final_over_best"])
