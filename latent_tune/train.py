@@ -88,6 +88,30 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     )
 
 
+HISTORY_KEYS = (
+    "epoch",
+    "crossval_rollout_mse",
+    "penalised",
+    "diverged",
+    "evaluated",
+    "constant_rollout_mse",
+    "linear_rollout_mse",
+    "best_crossval_rollout_mse",
+    "best_epoch",
+    "train_loss",
+    "epoch_duration",
+)
+
+
+def _append_history(path: Path, report: dict[str, Any]) -> None:
+    """One JSON line per epoch, flushed at once: a run's trajectory survives a crash or a kill
+    (the stability bench reads the per-epoch objective from it)."""
+    row = {k: report[k] for k in HISTORY_KEYS if k in report}
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(_json_safe(row)) + "\n")
+        fh.flush()
+
+
 def _final_metrics(trainer: Trainer, report: dict[str, Any], wall: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "crossval_rollout_mse": report["crossval_rollout_mse"],
@@ -96,6 +120,7 @@ def _final_metrics(trainer: Trainer, report: dict[str, Any], wall: float) -> dic
         "best_crossval_rollout_mse": report["best_crossval_rollout_mse"],
         "best_epoch": report["best_epoch"],
         "diverged": report["diverged"],
+        "penalised": report["penalised"],
         "final_train_loss": report["train_loss"],
         "epochs": report["epoch"],
         "optimizer_steps": report["optimizer_steps"],
@@ -141,6 +166,7 @@ def run_training(
         while not trainer.done:
             report = trainer.train_epoch()
             trainer.save_checkpoint(run_dir / "checkpoints" / "latest.pt")
+            _append_history(run_dir / "history.jsonl", report)
             if echo:
                 print(_epoch_line(report, config.training.epochs), flush=True)
         metrics = _final_metrics(trainer, report, time.perf_counter() - t_start)

@@ -7,6 +7,7 @@ are benchmarks, not tests), only what must hold whatever the machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,8 +16,31 @@ import sys
 import tempfile
 import unittest
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "trainables" / "eed_staggered_tiny.yaml"
+# The stability bench at its smallest: tiny epochs and rollouts (the numbers mean nothing).
+STABILITY_SMALL = (
+    "--set", "training.chunks_per_epoch=1",
+    "--set", "training.batches_per_chunk=3",
+    "--set", "training.chunk_steps=1024",
+    "--set", "evaluation.rollout_steps=60",
+    "--set", "evaluation.starts=2",
+)  # fmt: skip
+
+
+def load_bench(name: str) -> ModuleType:
+    """A bench script as a module (bench/ is no package; its scripts import their siblings)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
 
 
 def run_bench(script: str, *args: str, cache: Path) -> dict:
@@ -93,6 +117,121 @@ class TestBenchSmoke(unittest.TestCase):
         measured = res["measured"]
         self.assertGreaterEqual(measured["peak_gb"], measured["before_gb"])
         self.assertGreater(measured["before_gb"], 0.0)
+
+    def test_stability_bench(self) -> None:
+        args = (str(TINY), "--seeds", "2", "--epochs", "1", *STABILITY_SMALL, "--label", "smoke")
+        keep = self.cache / "stability-runs"
+        res = run_bench("bench_stability.py", *args, "--keep", str(keep), cache=self.cache)
+        self.assertEqual((res["bench"], res["label"], res["epochs"]), ("stability", "smoke", 1))
+        self.assertEqual(res["seeds"], [234, 235])  # the config's training.seed + i
+        self.assertIn("evaluation.figures_every=0", res["overrides"])
+        self.assertIn("training.epochs=1", res["overrides"])
+        self.assertEqual([r["seed"] for r in res["runs"]], [234, 235])
+        for r in res["runs"]:
+            self.assertEqual(len(r["objective_by_epoch"]), 1)
+            self.assertEqual(r["evaluated"], [True])
+            self.assertEqual(r["final"], r["objective_by_epoch"][-1])
+            self.assertEqual(r["best"], r["final"])  # one evaluation is its own best
+            self.assertAlmostEqual(r["final_rel"], r["final"] / r["constant_rollout_mse"])
+            self.assertIsNone(r["volatility"])  # needs two evaluations
+        # Evaluation windows do not depend on the training seed: one constant baseline.
+        consts = {r["constant_rollout_mse"] for r in res["runs"]}
+        self.assertEqual(len(consts), 1)
+        # ... while the seeds train different models.
+        self.assertNotEqual(res["runs"][0]["final"], res["runs"][1]["final"])
+        s = res["summary"]
+        self.assertEqual((s["runs"], s["failed_runs"]), (2, 0))
+        finals = [r["final_rel"] for r in res["runs"]]
+        self.assertAlmostEqual(s["final_rel"]["mean"], sum(finals) / 2)
+        self.assertAlmostEqual(s["final_rel"]["sd"], abs(finals[0] - finals[1]) / math.sqrt(2))
+        checks = ("penalised_after_epoch_2", "cv_final", "final_over_best", "mean_best_rel")
+        self.assertEqual(set(s["criteria"]), {*checks, "mean_final_rel"})
+        self.assertTrue(all(isinstance(v, bool) for v in s["criteria"].values()))
+        # The kept run dirs summarise to the same numbers without training again.
+        again = run_bench("bench_stability.py", *args, "--from-runs", str(keep), cache=self.cache)
+        strip = [{k: v for k, v in r.items() if k != "wall_s"} for r in res["runs"]]
+        self.assertEqual(again["runs"], strip)
+        self.assertEqual(again["summary"], s)
+
+    def test_stability_bench_bad_override_is_one_line(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "out.json"
+            proc = subprocess.run(
+                [sys.executable, str(ROOT / "bench" / "bench_stability.py"), str(TINY)]
+                + ["--seeds", "2", "--set", "training.nope=1", "--out", str(out)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                timeout=120,
+                check=False,
+            )
+            self.assertEqual(proc.returncode, 2)
+            self.assertEqual(proc.stderr.strip(), proc.stderr.strip().splitlines()[0])
+            self.assertTrue(proc.stderr.startswith(f"{TINY}: training.nope: "), proc.stderr)
+            self.assertFalse(out.exists())
+
+
+class TestStabilityMeasures(unittest.TestCase):
+    """The stability bench's per-run numbers, from made-up history rows (no training)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.bench = load_bench("bench_stability")
+
+    @staticmethod
+    def row(epoch: int, x: float, *, evaluated: bool = True, penalised: bool = False) -> dict:
+        return {
+            "epoch": epoch,
+            "crossval_rollout_mse": x,
+            "evaluated": evaluated,
+            "penalised": penalised,
+            "constant_rollout_mse": 2.0,
+            "best_crossval_rollout_mse": 0.5,
+            "best_epoch": 2,
+            "epoch_duration": 1.0,
+        }
+
+    def test_volatility_is_the_median_log_step_of_evaluated_epochs(self) -> None:
+        rows = [
+            self.row(1, 1.0),
+            self.row(2, 0.5),
+            self.row(3, 0.5, evaluated=False),  # carried forward, not a step
+            self.row(4, 20.0, penalised=True),
+            self.row(5, 1.0),
+        ]
+        run = self.bench.summarise_run(7, rows)
+        steps = sorted([math.log(2), math.log(40), math.log(20)])
+        self.assertAlmostEqual(run["volatility"], steps[1])
+        self.assertEqual(run["last_penalised_epoch"], 4)
+        self.assertEqual((run["best_rel"], run["final_rel"]), (0.25, 0.5))
+        self.assertEqual(run["final_over_best"], 2.0)
+        self.assertEqual(run["penalised"], [False, False, False, True, False])
+
+    def test_summary_counts_late_penalties_and_checks_the_criteria(self) -> None:
+        early = self.bench.summarise_run(1, [self.row(1, 20.0, penalised=True), self.row(2, 0.6)])
+        late = self.bench.summarise_run(2, [self.row(1, 0.5), self.row(3, 20.0, penalised=True)])
+        s = self.bench.summarise([early, late, {"seed": 3, "error": "boom"}])
+        self.assertEqual((s["runs"], s["failed_runs"]), (3, 1))
+        self.assertEqual(s["runs_penalised_after_epoch_2"], 1)
+        self.assertEqual(s["max_final_over_best"], 40.0)
+        self.assertFalse(s["criteria"]["penalised_after_epoch_2"])
+        self.assertFalse(s["criteria"]["final_over_best"])
+        self.assertTrue(s["criteria"]["mean_best_rel"])  # both best 0.5 / const 2.0 = 0.25
+
+    def test_a_run_still_training_is_listed_but_not_summarised(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(tmp) / "seed-5"
+            run_dir.mkdir()
+            rows = [self.row(1, 1.0), self.row(2, 0.8)]
+            (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            running = self.bench.from_run_dir(run_dir, 5, epochs=6)
+            done = self.bench.from_run_dir(run_dir, 5, epochs=2)
+            missing = self.bench.from_run_dir(Path(tmp) / "seed-6", 6, epochs=6)
+        self.assertEqual((running["complete"], done["complete"]), (False, True))
+        self.assertIn("no epoch written", missing["error"])
+        s = self.bench.summarise([running, done, missing])
+        self.assertEqual((s["failed_runs"], s["incomplete_runs"]), (1, 1))
+        self.assertEqual(s["final"]["mean"], 0.8)  # the finished run only
 
 
 class TestGpuChecksScript(unittest.TestCase):

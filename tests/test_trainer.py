@@ -315,6 +315,32 @@ class TestTrainCommand(_SuiteCase):
         self.assertEqual(len([ln for ln in out.splitlines() if ln.startswith("epoch")]), 2)
         self.assertIn(f"tensorboard --logdir {run_dir}", out)
 
+    def test_history_has_one_line_per_epoch(self) -> None:
+        run_dir = self.tmp / "history-run"
+        sets = [f"data.suite={self.suite}", *FAST, "training.epochs=4", "evaluation.every=3"]
+        argv = [str(TINY), *[x for o in sets for x in ("--set", o)], "--out", str(run_dir)]
+        rc, _, err = self.run_main(argv)
+        self.assertEqual(rc, 0, err)
+        rows = [json.loads(ln) for ln in (run_dir / "history.jsonl").read_text().splitlines()]
+        self.assertEqual([r["epoch"] for r in rows], [1, 2, 3, 4])
+        # Epochs 1 and 4 (first, last) and every 3rd; epoch 2 carries epoch 1's value forward.
+        self.assertEqual([r["evaluated"] for r in rows], [True, False, True, True])
+        self.assertEqual(rows[1]["crossval_rollout_mse"], rows[0]["crossval_rollout_mse"])
+        for r in rows:
+            for key in ("penalised", "constant_rollout_mse", "train_loss", "epoch_duration"):
+                self.assertIn(key, r)
+            self.assertGreater(r["epoch_duration"], 0.0)
+        best = min(r["crossval_rollout_mse"] for r in rows)
+        self.assertEqual(rows[-1]["best_crossval_rollout_mse"], best)
+        metrics = json.loads((run_dir / "final_metrics.json").read_text())
+        self.assertEqual(metrics["crossval_rollout_mse"], rows[-1]["crossval_rollout_mse"])
+        self.assertEqual(metrics["penalised"], rows[-1]["penalised"])
+        self.assertIs(type(metrics["penalised"]), bool)
+        self.assertEqual(
+            yaml.safe_load((run_dir / "final_metrics.yaml").read_text())["penalised"],
+            metrics["penalised"],
+        )
+
     def test_bad_config_is_one_line_and_writes_nothing(self) -> None:
         bad = self.tmp / "bad.yaml"
         bad.write_text(TINY.read_text().replace("epochs: 10", "epochs: -3"))
