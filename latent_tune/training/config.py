@@ -36,6 +36,7 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "L1Config",
+    "LRScheduleConfig",
     "LossConfig",
     "StimulusAEConfig",
     "StrictModel",
@@ -146,6 +147,21 @@ class StimulusAEConfig(_Strict):
     learning_rate: PositiveFloat = 1.0e-4
 
 
+class LRScheduleConfig(_Strict):
+    """A factor on `training.learning_rate`, per optimizer step of the main epochs.
+
+    constant: 1; cosine: 1 -> min_factor; step: x gamma every step_epochs epochs; all after a
+    linear warm-up over warmup_epochs (0: none). Only the position is state, so a PBT explore of
+    the learning rate still applies after a restore (lr = configured lr x factor).
+    """
+
+    type: Literal["constant", "cosine", "step"] = "constant"
+    warmup_epochs: NonNegInt = 0
+    min_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    step_epochs: PositiveInt = 30
+    gamma: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+
+
 class BaseTrainingConfig(_Strict):
     """The `training.*` leaves every recipe has, at the same dotted paths."""
 
@@ -162,6 +178,11 @@ class BaseTrainingConfig(_Strict):
     tf32: bool = True
     # bf16 autocast of the train step's forward (CUDA and CPU; off by default).
     bf16: bool = False
+    # EMA of the weights after every optimizer step, used for evaluation, the best model and
+    # export (the raw weights keep training); 0 = off. Pick it by the run's optimizer steps:
+    # 1 / (1 - decay) steps is the averaging window.
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
 
 
 class TrainingConfig(BaseTrainingConfig):

@@ -41,10 +41,18 @@ from latent_tune.training.diagnostics import (
     trace_neurons,
 )
 from latent_tune.training.evaluate import DatasetEval
+from latent_tune.training.levers import ModelEMA, lr_factor
 from latent_tune.training.precision import bf16_autocast
 from latent_tune.training.recipes.registry import resolve_recipe
 from latent_tune.training.tensorboard import TBLogger
-from latent_tune.training.trainer_state import STATE_FORMAT, cpu_state, load_into, state_of
+from latent_tune.training.trainer_state import (
+    STATE_FORMAT,
+    StateFormatError,
+    check_format,
+    cpu_state,
+    load_into,
+    state_of,
+)
 
 __all__ = ["STATE_FORMAT", "Trainer", "resolve_device"]
 
@@ -102,6 +110,11 @@ class Trainer:
             torch.manual_seed(cfg.training.seed)
             self.model = self.recipe.build_model().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.training.learning_rate)
+        # The EMA of the weights (training.ema_decay > 0): what evaluation, best and export use.
+        self.ema: ModelEMA | None = None
+        if cfg.training.ema_decay > 0:
+            self.ema = ModelEMA(self.model, cfg.training.ema_decay)
+        self.schedule_step = 0  # main-training optimizer steps done (the lr schedule's position)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(cfg.training.seed)
         self.trace_neurons = trace_neurons(self.data.cell_types)
@@ -132,6 +145,30 @@ class Trainer:
     def done(self) -> bool:
         """Whether all configured main epochs have run."""
         return self.epoch >= self.config.training.epochs
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated, kept as best and exported: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps of one main epoch."""
+        t = self.config.training
+        return t.chunks_per_epoch * t.batches_per_chunk
+
+    def lr_factor(self, step: int | None = None) -> float:
+        """The lr schedule's factor at main-training step `step` (default: the next step)."""
+        t = self.config.training
+        s = self.schedule_step if step is None else step
+        spe = self.steps_per_epoch
+        return lr_factor(t.lr_schedule, s, t.epochs * spe, spe)
+
+    def set_lr(self, factor: float) -> None:
+        """Set every param group's lr to the configured learning rate x `factor`."""
+        lr = self.config.training.learning_rate * factor
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     @property
     def phases(self) -> Tensor:
@@ -195,13 +232,17 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, clip)
         self.optimizer.step()
         self.optimizer_steps += 1
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def _main_step(self, horizon: int) -> Callable[[TrainChunk, Tensor], dict[str, Tensor]]:
         def step(chunk: TrainChunk, t0: Tensor) -> dict[str, Tensor]:
             self.optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 terms = self._step_loss(chunk.x, chunk.stim, t0, horizon)
+            self.set_lr(self.lr_factor())
             self.optimize(terms["total"])
+            self.schedule_step += 1
             return terms
 
         return step
@@ -211,6 +252,7 @@ class Trainer:
         for phase in self.recipe.phases():
             if phase.name in self.phases_done:
                 continue
+            self.set_lr(1.0)  # pre-training runs at the configured lr (no schedule)
             self.phase = phase.name
             phase.run(self)
             self.phases_done.append(phase.name)
@@ -219,8 +261,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, need_figures: bool = False) -> dict[str, DatasetEval]:
-        """Evaluate the current model on "val" and every cross-val set (no logging, no state)."""
-        return evaluate_all(self, self.model, need_figures)
+        """Evaluate `eval_model` on "val" and every cross-val set (no logging, no state)."""
+        return evaluate_all(self, self.eval_model, need_figures)
 
     def objective(self, evals: Mapping[str, DatasetEval]) -> dict[str, float | bool]:
         """Objective metrics from an evaluate() result (cross-val sets only)."""
@@ -232,7 +274,7 @@ class Trainer:
         better = (penalised, value) < (self.best_penalised, self.best_value)
         if better or self.best_model is None:
             self.best_value, self.best_penalised, self.best_epoch = value, penalised, self.epoch
-            self.best_model = cpu_state(self.model)
+            self.best_model = cpu_state(self.eval_model)
             if self.run_dir is not None:
                 save_state(self.best_checkpoint(), self.run_dir / BEST_FILE)
             return True
@@ -283,6 +325,7 @@ class Trainer:
         extra = self.recipe.epoch_scalars(index)
         for k, v in extra.items():
             self.tb.scalar(f"Train/{k}", v, index)
+        self.tb.scalar("Train/lr", self.optimizer.param_groups[0]["lr"], index)
         self.tb.flush()
         return self.report(
             losses=losses, duration=duration, diag=diag, evaluated=evaluated, extra=extra
@@ -318,6 +361,7 @@ class Trainer:
             "optimizer_steps": int(self.optimizer_steps),
             "linear_rollout_mse": float(last.get("linear_rollout_mse", math.nan)),
             "adopted_at_epoch": int(self.adopted_at),
+            "lr_factor": float(self.lr_factor(max(0, self.schedule_step - 1))),
         }
         for k, v in (extra or {}).items():
             out[k] = v
@@ -333,8 +377,8 @@ class Trainer:
     # ------------------------------------------------------------------ state
 
     def best_model_state(self) -> dict[str, Tensor]:
-        """Weights of the best evaluated epoch (the current ones before any evaluation)."""
-        return self.best_model if self.best_model is not None else cpu_state(self.model)
+        """Weights of the best evaluated epoch (the current evaluated ones before any)."""
+        return self.best_model if self.best_model is not None else cpu_state(self.eval_model)
 
     def best_checkpoint(self) -> dict[str, Any]:
         """A small model-only checkpoint of the best epoch (config as YAML text)."""
@@ -358,8 +402,9 @@ class Trainer:
         self._chunk = None
 
     def adopt(self, state: Mapping[str, Any], key: str) -> None:
-        """Continue from ANOTHER run's state (a PBT exploit): its weights, optimizer and epoch,
-        but this run's own data order and no inherited best.
+        """Continue from ANOTHER run's state (a PBT exploit): its weights, their EMA, optimizer
+        and epoch (lr = this run's configured lr x the schedule's factor there), but this run's
+        own data order and no inherited best.
 
         Why: with the donor's generator states, donor and clone would train on identical
         batches; with the donor's best-so-far, the clone's exported best model would be the
@@ -386,8 +431,13 @@ class Trainer:
         run_dir: Path | str | None = None,
         device: str | torch.device | None = None,
     ) -> Trainer:
-        """A trainer rebuilt from a checkpoint's own config and state."""
+        """A trainer rebuilt from a checkpoint's own config and state (another format: a
+        one-line UserInputError naming the file)."""
         state = load_state(path)
+        try:
+            check_format(state)
+        except StateFormatError as e:
+            raise UserInputError(path, "format", str(e)) from None
         config = BaseTrainConfig.from_yaml_text(state["config"], file=path)
         trainer = cls(config, run_dir, device)
         trainer.load_state_dict(state)

@@ -16,13 +16,14 @@ from torch import Tensor, nn
 __all__ = [
     "STATE_FORMAT",
     "StateFormatError",
+    "check_format",
     "cpu_state",
     "detached_copy",
     "load_into",
     "state_of",
 ]
 
-STATE_FORMAT = "latent_tune.trainer/2"
+STATE_FORMAT = "latent_tune.trainer/3"  # /3: the weights' EMA and the lr schedule's position
 
 
 class StateFormatError(ValueError):
@@ -75,26 +76,45 @@ def state_of(trainer: Any) -> dict[str, Any]:
         "total_elapsed": float(trainer.total_elapsed),
         "optimizer_steps": int(trainer.optimizer_steps),
         "adopted_at": int(trainer.adopted_at),
+        "ema": trainer.ema.state_dict() if trainer.ema is not None else {},
+        # the schedule's position and its factor there; never an absolute lr (see load_into)
+        "lr_schedule": {
+            "step": int(trainer.schedule_step),
+            "factor": float(trainer.lr_factor()),
+        },
     }
 
 
-def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
-    """Restore `state_of()` into `trainer`; the learning rate comes from the trainer's config.
-
-    Why the config wins for lr (and the phases): under PBT a trial may continue from another
-    trial's weights with its own, perturbed hyperparameters.
-    """
+def check_format(state: Mapping[str, Any]) -> None:
+    """Refuse a state of another format (StateFormatError, one line)."""
     if state.get("format") != STATE_FORMAT:
         raise StateFormatError(
             f"checkpoint format {state.get('format')!r} is not {STATE_FORMAT!r} (written by "
             "another latent_tune version): start the run or search again"
         )
+
+
+def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
+    """Restore `state_of()` into `trainer`; the learning rate comes from the trainer's config
+    (times the lr schedule's factor at the restored position).
+
+    Why the config wins for lr (and the phases, and the EMA's decay): under PBT a trial may
+    continue from another trial's weights with its own, perturbed hyperparameters. A state
+    without an EMA restored into a run with one starts the average at the restored weights.
+    """
+    check_format(state)
     trainer.model.load_state_dict(state["model"])
     # a copy: torch's optimizer keeps same-device tensors as they are, and would then update
     # the caller's state in place (two trainers restored from one dict would share moments)
     trainer.optimizer.load_state_dict(detached_copy(state["optimizer"]))
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = trainer.config.training.learning_rate
+    trainer.schedule_step = int(state["lr_schedule"]["step"])
+    trainer.set_lr(trainer.lr_factor())
+    if trainer.ema is not None:
+        if state["ema"]:
+            trainer.ema.load_state_dict(state["ema"])
+        else:
+            trainer.ema.module.load_state_dict(state["model"])
+            trainer.ema.updates = 0
     trainer.generator.set_state(state["generator"].to(torch.uint8).cpu())
     trainer.recipe.load_state_dict(state.get("recipe", {}), trainer.model)
     trainer.epoch = int(state["epoch"])

@@ -27,9 +27,11 @@ import yaml
 from ray import tune
 from ray.tune.result import DONE
 
+from latent_tune.errors import UserInputError
 from latent_tune.training.config import BaseTrainConfig, flatten, validate_config
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
 from latent_tune.training.trainer import Trainer
+from latent_tune.training.trainer_state import StateFormatError
 from latent_tune.tune.files import (
     BEST_MODEL_FILE,
     CONFIG_FILE,
@@ -105,10 +107,13 @@ def _restore(
         meta_path = Path(d) / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     donor = meta.get("trial_id")
-    if donor is not None and donor != trial_id:
-        trainer.adopt(state, key=f"{trial_id}:{state.get('epoch')}")
-    else:
-        trainer.load_state_dict(state)
+    try:
+        if donor is not None and donor != trial_id:
+            trainer.adopt(state, key=f"{trial_id}:{state.get('epoch')}")
+        else:
+            trainer.load_state_dict(state)
+    except StateFormatError as e:  # an older latent_tune's checkpoint: one line, no traceback
+        raise UserInputError(f"{ckpt.path}/{TRAINER_FILE}", "format", str(e)) from None
     record = {
         "time": time.time(),
         "epoch": trainer.epoch,
