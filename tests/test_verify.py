@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import ray
 import yaml
+from scipy import stats
 
 from latent_tune.data.sampling import eval_starts
 from latent_tune.search import main as search_main
@@ -33,7 +34,8 @@ from latent_tune.training.config import load_config
 from latent_tune.training.data import load_run_data
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.space import load_space
-from latent_tune.tune.verify_table import COLUMNS
+from latent_tune.tune.verify_stats import paired_interval
+from latent_tune.tune.verify_table import COLUMNS, RunResult, format_verified, verified_table
 from latent_tune.verify import main as verify_main
 from tests.ray_cluster import QUIET
 from tests.tiny_search import FIRST_FINISH_S, run_search, tiny_overrides, tiny_space, write_space
@@ -91,8 +93,6 @@ class VerifyE2E(unittest.TestCase):
         rc, out = run_search([str(cls.space), "--storage", str(cls.tmp / "res"), "--name", "s"])
         assert rc == 0, out
         cls.exp = cls.tmp / "res" / "s"
-        # the resume test verifies its own copy (the search's files, no verification yet)
-        shutil.copytree(cls.exp, cls.tmp / "copy")
 
     @classmethod
     def tearDownClass(cls) -> None:
@@ -119,11 +119,58 @@ class VerifyE2E(unittest.TestCase):
             self.assertEqual(windows["starts"][name], want.tolist(), name)
             self.assertGreaterEqual(min(windows["starts"][name]), ev.start_margin)
 
-    def test_verify_top2_seeds2(self) -> None:
-        trials = pd.read_parquet(self.exp / "trials.parquet")
-        search_best = json.loads((self.exp / "best" / "summary.json").read_text())
-        rc, out, err = _run(verify_main, [str(self.exp), "--top", "2", "--seeds", "2"])
+    def test_verify_interrupted_then_resumed(self) -> None:
+        """Ctrl+C after the first run finished, resume: finished runs are not rerun; then the
+        table, the exports and a retrain of best/ (one verification: the CPU budget)."""
+        exp = self.exp
+        search_best = json.loads((exp / "best" / "summary.json").read_text())
+        env = {**os.environ, **QUIET, "PYTHONPATH": str(ROOT)}
+        env.pop("RAY_ADDRESS", None)
+        argv = [str(exp), "--top", "2", "--seeds", "2"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "latent_tune.verify", *argv],
+            cwd=self.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        lines: list[str] = []
+        try:
+            deadline = time.time() + FIRST_FINISH_S
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if "finished at epoch" in line or time.time() > deadline:
+                    break
+            proc.send_signal(signal.SIGINT)
+            rest, _ = proc.communicate(timeout=120)
+            lines.append(rest)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        text = "".join(lines)
+        self.assertEqual(proc.returncode, 130, text)
+        self.assertIn("latent_tune.verify", text.split("resume with:")[-1])
+        self.assertFalse((exp / "verified.parquet").exists())
+        done = {
+            k: (d / "result.json").read_bytes()
+            for k, (d, rows) in _runs(exp / "verify").items()
+            if rows[-1]["epoch"] == 2
+        }
+        self.assertTrue(done, text)
+        # a resume must ask for the same plan
+        rc, _, err = _run(verify_main, [str(exp), "--top", "2", "--seeds", "3"])
+        self.assertEqual(rc, 2)
+        self.assertIn("--seeds 2", err)
+        rc, out, err = _run(verify_main, [str(exp)])  # the recorded --top 2 --seeds 2
         self.assertEqual(rc, 0, out + err)
+        self.assertIn("resuming", out)
+        runs = _runs(exp / "verify")
+        self.assertEqual(len(runs), 6)
+        for k, before in done.items():
+            self.assertEqual((runs[k][0] / "result.json").read_bytes(), before, k)
+        self._check_verified(out, search_best)
+
+    def _check_verified(self, out: str, search_best: dict) -> None:
+        """verified.parquet, best/ and best_search/ of a finished --top 2 --seeds 2."""
+        trials = pd.read_parquet(self.exp / "trials.parquet")
         df = pd.read_parquet(self.exp / "verified.parquet")
         self.assertEqual(list(df.columns), [*COLUMNS, LR])
         self.assertEqual(len(df), 3)
@@ -181,54 +228,6 @@ class VerifyE2E(unittest.TestCase):
              "--out", str(self.tmp / "retrain")],
         )  # fmt: skip
         self.assertEqual(rc, 0, tout + terr)
-
-    def test_interrupt_and_resume(self) -> None:
-        exp = self.tmp / "copy"
-        env = {**os.environ, **QUIET, "PYTHONPATH": str(ROOT)}
-        env.pop("RAY_ADDRESS", None)
-        argv = [str(exp), "--top", "1", "--seeds", "2"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "latent_tune.verify", *argv],
-            cwd=self.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        lines: list[str] = []
-        try:
-            deadline = time.time() + FIRST_FINISH_S
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                lines.append(line)
-                if "finished at epoch" in line or time.time() > deadline:
-                    break
-            proc.send_signal(signal.SIGINT)
-            rest, _ = proc.communicate(timeout=120)
-            lines.append(rest)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        text = "".join(lines)
-        self.assertEqual(proc.returncode, 130, text)
-        self.assertIn("latent_tune.verify", text.split("resume with:")[-1])
-        self.assertFalse((exp / "verified.parquet").exists())
-        done = {
-            k: (d / "result.json").read_bytes()
-            for k, (d, rows) in _runs(exp / "verify").items()
-            if rows[-1]["epoch"] == 2
-        }
-        self.assertTrue(done, text)
-        # a resume must ask for the same plan
-        rc, _, err = _run(verify_main, [str(exp), "--top", "1", "--seeds", "3"])
-        self.assertEqual(rc, 2)
-        self.assertIn("--seeds 2", err)
-        rc, out, err = _run(verify_main, [str(exp)])  # the recorded --top 1 --seeds 2
-        self.assertEqual(rc, 0, out + err)
-        self.assertIn("resuming", out)
-        df = pd.read_parquet(exp / "verified.parquet")
-        self.assertEqual(len(df), 2)
-        self.assertTrue((df["n"] == 2).all())
-        runs = _runs(exp / "verify")
-        self.assertEqual(len(runs), 4)
-        for k, before in done.items():
-            self.assertEqual((runs[k][0] / "result.json").read_bytes(), before, k)
 
 
 class VerifyInputErrors(unittest.TestCase):
@@ -295,6 +294,42 @@ class VerifyInputErrors(unittest.TestCase):
         rc, out, err = _run(search_main, [str(ok), "--dry-run", "--verify", "0"])
         self.assertEqual(rc, 2, out + err)
         self.assertIn("--verify", err)
+
+
+class VerifyTable(unittest.TestCase):
+    """The table's statistics on hand-made runs (no Ray)."""
+
+    def test_paired_interval_is_the_paired_t_interval(self) -> None:
+        a = {1: 1.0, 2: 2.0, 3: 4.0, 4: 9.0}
+        b = {1: 0.5, 2: 1.0, 3: 3.0, 5: 1.0}  # seeds 4 and 5 have no partner: left out
+        mean, lo, hi, n = paired_interval(a, b)
+        ci = stats.ttest_rel([1.0, 2.0, 4.0], [0.5, 1.0, 3.0]).confidence_interval(0.95)
+        self.assertEqual(n, 3)
+        self.assertAlmostEqual(mean, 2.5 / 3)
+        self.assertAlmostEqual(lo, ci.low)
+        self.assertAlmostEqual(hi, ci.high)
+        self.assertTrue(math.isnan(paired_interval({1: 1.0}, {1: 0.0})[1]))
+
+    def test_ranks_noise_and_unfinished_runs(self) -> None:
+        def run(cid: str, seed: int, best: float, complete: bool = True) -> RunResult:
+            return RunResult(cid, seed, complete, best, 1, best, math.nan, f"{cid}{seed}", None)
+
+        runs = [run("base", s, 1.0 + 0.1 * s) for s in (1, 2, 3)]
+        runs += [run("a", s, 2.0 + 0.1 * s + 0.01 * (s == 2)) for s in (1, 2, 3)]
+        runs += [run("b", s, 2.0 + 0.1 * s) for s in (1, 2)] + [run("b", 3, 9.0, False)]
+        configs = {"base": {LR: 1e-3}, "a": {LR: 2e-3}, "b": {LR: 3e-3}}
+        df = verified_table(
+            runs, configs=configs, search_rank={"a": 1, "b": 2},
+            search_value={"a": 2.5, "b": 2.6}, params=[LR], metric="m", mode="max",
+        )  # fmt: skip
+        self.assertEqual(list(df["trial_id"]), ["a", "b", "base"])  # mode max: largest first
+        self.assertEqual(list(df["verified_rank"]), [1, 2, 3])
+        b = df.set_index("trial_id").loc["b"]
+        self.assertEqual((b["n"], list(b["seeds"])), (2, [1, 2]))  # the unfinished run is out
+        self.assertAlmostEqual(b["diff_mean"], 1.0)  # paired with the base on seeds 1 and 2
+        # b - a on seeds 1, 2: [0, -0.01]: the interval covers 0; the base is far below
+        self.assertEqual(list(df["within_noise"]), [False, True, False])
+        self.assertIn("Spearman", format_verified(df, [LR], "max"))
 
 
 if __name__ == "__main__":
