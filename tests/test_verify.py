@@ -267,6 +267,12 @@ class VerifyInputErrors(unittest.TestCase):
         self._refused([str(exp), "--top", "3"], "--top", "between 1 and 2")
         self._refused([str(exp), "--seeds", "0"], "--seeds", "at least 1")
         self._refused([str(exp), "--top", "x"], "--top")
+        trials = pd.read_parquet(exp / "trials.parquet")
+        trials.loc[1, LR] = float("nan")
+        trials.to_parquet(exp / "trials.parquet")
+        self._refused(
+            [str(exp), "--top", "2"], "trials.parquet: training.learning_rate:", "a_00001"
+        )
 
     def test_missing(self) -> None:
         self._refused([str(self.tmp / "nope")], "no such experiment directory")

@@ -142,7 +142,10 @@ def make_verify_plan(
     rank, value = {}, {}
     for i, (_, row) in enumerate(head.iterrows(), 1):
         tid = str(row["trial_id"])
-        configs[tid] = {p: _plain(row[p]) for p in params if p in row and _present(row[p])}
+        for p in params:  # a value missing would silently train the base's instead
+            if p not in row or not _present(row[p]):
+                raise UserInputError(exp / TRIALS_FILE, p, f"no value for trial {tid}")
+        configs[tid] = {p: _plain(row[p]) for p in params}
         rank[tid] = int(row["rank"]) if "rank" in row else i
         value[tid] = float(row[col])
     fn = resolve_trainable(space.trainable, file=space_file)
