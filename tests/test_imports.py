@@ -20,7 +20,7 @@ ROOT = Path(latent_tune.__file__).resolve().parent
 # Sub-package -> layer; a module may import only its own layer or lower ones.
 LAYERS = {"data": 1, "model": 2, "training": 3, "tune": 4}
 # Top-level command modules belong to the layer of the sub-package they front.
-TOP_LEVEL = {"train": 3, "search": 4, "report": 4}
+TOP_LEVEL = {"train": 3, "search": 4, "report": 4, "verify": 4}
 BASE = 0  # errors, atomic, __init__: import no sub-package at all
 
 

@@ -29,6 +29,7 @@ from latent_tune.tune.ray_session import (
     start_local_ray,
 )
 from latent_tune.tune.run import check_plan_capacity, run_search
+from latent_tune.tune.verify import check_search_verify, verify_after_search
 
 # re-exported: programs and tests that start a local Ray import them from here
 __all__ = [
@@ -78,12 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate and print the resolved trial plan; start nothing",
     )
+    p.add_argument(
+        "--verify",
+        type=int,
+        default=None,
+        metavar="K",
+        help="after the search, re-train its top K configurations and the base with new "
+        "seeds (python -m latent_tune.verify)",
+    )
     return p
 
 
 def _search(args: argparse.Namespace) -> int:
     plan = make_plan(args)
     sp = plan.res.space
+    check_search_verify(args.verify, sp, plan.local_storage, plan.res.space_file)
     if args.dry_run:
         print_plan(plan)
         return 0
@@ -98,7 +108,10 @@ def _search(args: argparse.Namespace) -> int:
         ctx, local = connect(args.address, storage_given)
         try:
             check_plan_capacity(plan, fixed=local)
-            return run_search(plan, args, ctx)
+            rc = run_search(plan, args, ctx)
+            if rc == 0 and args.verify:
+                rc = verify_after_search(plan.exp_path, args.verify, args.address)
+            return rc
         finally:
             if local:
                 ray.shutdown()

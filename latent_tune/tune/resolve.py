@@ -30,6 +30,7 @@ from latent_tune.training.config import (
     flatten,
     validate_config,
 )
+from latent_tune.tune.records import check_fixed_evaluation
 from latent_tune.tune.space import SearchSpace
 
 __all__ = [
@@ -199,6 +200,7 @@ def resolve(space: SearchSpace, space_file: Path) -> Resolved:
     space key is a leaf of the training config; each range end / option validates alone, and
     all lows together and all highs together validate.
     """
+    check_fixed_evaluation(space, space_file)
     fn = resolve_trainable(space.trainable, file=space_file)
     recipe = getattr(importlib.import_module(fn.__module__), "RECIPE", None)
     base_name = space.base or f"{space.trainable.split(':')[-1]}.yaml"

@@ -22,6 +22,7 @@ from latent_tune.tune.distributions import param_space, total_trials
 from latent_tune.tune.plan import Plan
 from latent_tune.tune.progress import Progress
 from latent_tune.tune.ray_session import dashboard_login_hint
+from latent_tune.tune.records import SPACE_FILE, write_search_records
 from latent_tune.tune.resolve import make_trial_fn
 from latent_tune.tune.results import export_all, format_ranked, records_from_grid
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
@@ -166,6 +167,8 @@ def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
         )
     else:
         tuner, stopper = build_tuner(plan)
+    if plan.local_storage and not (args.resume and Path(plan.exp_path, SPACE_FILE).is_file()):
+        write_search_records(Path(plan.exp_path), sp, plan.res.base_config)  # for `verify`
     grid = tuner.fit()
     n_total = total_trials(sp)
     finished = grid.num_terminated + grid.num_errors
