@@ -27,11 +27,10 @@ import ray
 import yaml
 from scipy import stats
 
-from latent_tune.data.sampling import eval_starts
 from latent_tune.search import main as search_main
 from latent_tune.train import main as train_main
 from latent_tune.training.config import load_config
-from latent_tune.training.data import load_run_data
+from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.space import load_space
 from latent_tune.tune.verify_stats import paired_interval
@@ -111,13 +110,16 @@ class VerifyE2E(unittest.TestCase):
             (windows["seed"], windows["start_margin"], windows["rollout_steps"]),
             (ev.seed, ev.start_margin, ev.rollout_steps),
         )
-        data = load_run_data(base)
-        ranges = {"val": data.val_range, **{n: r for n, _, r in data.crossval_specs}}
-        self.assertEqual(set(windows["starts"]), set(ranges))
-        for name, (a, b) in ranges.items():
-            want = eval_starts(b - a, ev.rollout_steps, ev.starts, ev.start_margin, ev.seed)
-            self.assertEqual(windows["starts"][name], want.tolist(), name)
-            self.assertGreaterEqual(min(windows["starts"][name]), ev.start_margin)
+        trainer = Trainer(base, None, "cpu")  # the windows a trial is really scored on
+        scored = {es.name: es.starts.tolist() for es in [trainer.val, *trainer.crossval]}
+        self.assertEqual(windows["starts"], scored)
+        self.assertEqual(
+            windows["test_starts"], {es.name: es.starts.tolist() for es in trainer.test}
+        )
+        self.assertTrue(windows["test_starts"])  # 150-step rollouts fit the tiny test thirds
+        for name, starts in windows["starts"].items():
+            self.assertGreaterEqual(min(starts), ev.start_margin, name)
+        trainer.close()
 
     def test_verify_interrupted_then_resumed(self) -> None:
         """Ctrl+C after the first run finished, resume: finished runs are not rerun; then the

@@ -195,15 +195,34 @@ class RunData:
             raise UserInputError(None, key, f"{name}: {exc}") from None
         return EvalSet(name=name, x=x, x_interp=x_interp, stim=stim, starts=starts)
 
+    def window_ranges(
+        self, cfg: BaseTrainConfig
+    ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int]]]:
+        """(selection ranges: "val" and each cross-val name, test ranges by cross-val name).
+
+        One place decides which rows are scored where, for the trainer and for the records a
+        search keeps of its windows. A test part too short for one rollout after the start
+        margin is left out (its dataset then has no test value).
+        """
+        ev = cfg.evaluation
+        need = ev.rollout_steps + ev.start_margin + 1
+        selection: dict[str, tuple[int, int]] = {"val": self.val_range}
+        test: dict[str, tuple[int, int]] = {}
+        for name, _, r in self.crossval_specs:
+            selection[name], part = split_test_range(r, ev.test_fraction)
+            if part is not None and part[1] - part[0] >= need:
+                test[name] = part
+        return selection, test
+
     def eval_sets(
         self, acq: Acquisition, cfg: BaseTrainConfig, device: torch.device | str
     ) -> tuple[EvalSet, list[EvalSet]]:
         """Validation set and the selection part of each cross-validation set, on the device."""
-        val = self.eval_set("val", self.train, self.val_range, acq=acq, cfg=cfg, device=device)
-        frac = cfg.evaluation.test_fraction
+        sel, _ = self.window_ranges(cfg)
+        val = self.eval_set("val", self.train, sel["val"], acq=acq, cfg=cfg, device=device)
         cvs = [
-            self.eval_set(n, ds, split_test_range(r, frac)[0], acq=acq, cfg=cfg, device=device)
-            for n, ds, r in self.crossval_specs
+            self.eval_set(n, ds, sel[n], acq=acq, cfg=cfg, device=device)
+            for n, ds, _ in self.crossval_specs
         ]
         return val, cvs
 
@@ -213,17 +232,14 @@ class RunData:
         """The held-out test part of each cross-validation set that can hold a rollout.
 
         Nothing selects on these windows (no best epoch, no ranking, no scheduler): they give
-        an unbiased final-epoch value. A test part too short for one rollout after the start
-        margin is left out (its dataset then has no test value).
+        an unbiased final-epoch value.
         """
-        ev = cfg.evaluation
-        need = ev.rollout_steps + ev.start_margin + 1
-        out = []
-        for name, ds, r in self.crossval_specs:
-            test = split_test_range(r, ev.test_fraction)[1]
-            if test is not None and test[1] - test[0] >= need:
-                out.append(self.eval_set(name, ds, test, acq=acq, cfg=cfg, device=device))
-        return out
+        _, test = self.window_ranges(cfg)
+        return [
+            self.eval_set(n, ds, test[n], acq=acq, cfg=cfg, device=device)
+            for n, ds, _ in self.crossval_specs
+            if n in test
+        ]
 
 
 def split_test_range(

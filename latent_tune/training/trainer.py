@@ -312,7 +312,7 @@ class Trainer:
             self._update_best(obj)
             log_eval(self, evals, index, need_figures)
             if self.done:  # the final model, once, on the windows nothing selects on
-                self.last_eval.update(test_metrics(self, self.model, index))
+                self.last_eval.update(test_metrics(self, self.eval_model, index))
             diag = time.perf_counter() - t_eval
         duration = time.perf_counter() - t_start
         self.total_elapsed += duration

@@ -53,23 +53,30 @@ def check_fixed_evaluation(space: SearchSpace, file: str | os.PathLike) -> None:
 def eval_windows(cfg: BaseTrainConfig) -> dict[str, Any]:
     """The evaluation windows of a config, as the trainer draws them (no device copies).
 
-    Starts are rows relative to each evaluation range (`ranges`: absolute [first, end))."""
+    Starts are rows relative to each evaluation range (`ranges`: absolute [first, end)); the
+    held-out test windows of the cross-val sets are under `test_ranges` / `test_starts`."""
     ev = cfg.evaluation
-    data = load_run_data(cfg)
-    ranges = {"val": data.val_range, **{n: r for n, _, r in data.crossval_specs}}
-    starts: dict[str, list[int]] = {}
-    for name, (a, b) in ranges.items():
-        try:
-            s = eval_starts(b - a, ev.rollout_steps, ev.starts, ev.start_margin, ev.seed)
-        except ValueError as exc:
-            raise UserInputError(None, "evaluation.rollout_steps", f"{name}: {exc}") from None
-        starts[name] = [int(v) for v in s.tolist()]
+    selection, test = load_run_data(cfg).window_ranges(cfg)
+
+    def starts_of(ranges: dict[str, tuple[int, int]]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for name, (a, b) in ranges.items():
+            try:
+                s = eval_starts(b - a, ev.rollout_steps, ev.starts, ev.start_margin, ev.seed)
+            except ValueError as exc:
+                raise UserInputError(None, "evaluation.rollout_steps", f"{name}: {exc}") from None
+            out[name] = [int(v) for v in s.tolist()]
+        return out
+
     return {
         "seed": ev.seed,
         "start_margin": ev.start_margin,
         "rollout_steps": ev.rollout_steps,
-        "starts": starts,
-        "ranges": {n: [int(a), int(b)] for n, (a, b) in ranges.items()},
+        "test_fraction": ev.test_fraction,
+        "starts": starts_of(selection),
+        "ranges": {n: [int(a), int(b)] for n, (a, b) in selection.items()},
+        "test_starts": starts_of(test),
+        "test_ranges": {n: [int(a), int(b)] for n, (a, b) in test.items()},
     }
 
 
