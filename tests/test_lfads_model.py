@@ -203,7 +203,7 @@ class TestCoordinatedDropout(unittest.TestCase):
                 LFADSLossConfig(),
                 generator=torch.Generator().manual_seed(9),
             )
-            return float(out["nll"])
+            return float(out["nll"].detach())
 
         base = loss(x)
         i_held = int(torch.nonzero(held[-1, 0])[0])

@@ -174,8 +174,11 @@ def lfads_batch_loss(  # noqa: PLR0917 (contract signature, positional)
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     t0 = t0.to(device=x.device, dtype=torch.int64).reshape(-1)
-    if t0.numel() and (int(t0.min()) < 0 or int(t0.max()) + horizon > x.shape[0] - 1):
-        raise ValueError(f"window starts must lie in [0, {x.shape[0] - 1 - horizon}]")
+    if t0.numel():
+        lo, hi = torch.aminmax(t0)  # one host sync for both bounds
+        lo_hi = torch.stack((lo, hi)).tolist()
+        if lo_hi[0] < 0 or lo_hi[1] + horizon > x.shape[0] - 1:
+            raise ValueError(f"window starts must lie in [0, {x.shape[0] - 1 - horizon}]")
     weights = weights if weights is not None else LossWeights()
     window = model.cfg.encoder_window
     rate = model.cfg.cd_rate
