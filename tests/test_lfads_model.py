@@ -349,6 +349,7 @@ class TestRegularisers(unittest.TestCase):
         w = loss_weights(LFADSLossConfig(kl_start=0, kl_increase=9, l2_start=5, l2_increase=0), 4)
         self.assertEqual((w.kl, w.l2), (0.5, 0.0))
 
+    @torch.no_grad()
     def test_recurrent_l2_by_hand(self) -> None:
         model = tiny_model(co_dim=2)
         cfg = LFADSLossConfig(l2_gen_scale=0.5, l2_con_scale=2.0)
@@ -364,6 +365,7 @@ class TestRegularisers(unittest.TestCase):
             places=12,
         )
 
+    @torch.no_grad()
     def test_total_is_the_sum_of_weighted_terms(self) -> None:
         model = tiny_model(co_dim=2)
         model.eval()
