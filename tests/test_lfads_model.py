@@ -299,12 +299,12 @@ class TestRollout(unittest.TestCase):
                 )
                 k = 10
                 rows = starts.unsqueeze(0) + torch.arange(k).unsqueeze(1)
-                batched = model.rollout(z0, stim[rows])
+                batched = model.rollout(z0, model.encode_stimulus(stim[rows]))
                 self.assertEqual(tuple(batched.shape), (k, 3, 7))
                 for b, start in enumerate(starts.tolist()):
                     z = z0[b : b + 1]
                     for j in range(k):
-                        z = model.step(z, stim[start + j : start + j + 1])
+                        z = model.step(z, model.encode_stimulus(stim[start + j : start + j + 1]))
                         torch.testing.assert_close(batched[j, b], z[0])
 
     def test_train_forward_matches_rollout_convention(self) -> None:
@@ -317,7 +317,7 @@ class TestRollout(unittest.TestCase):
         rows = t0.unsqueeze(0) + torch.arange(5).unsqueeze(1)
         out = model.train_forward(xc, mc, stim[rows], sample=False)
         z0, _ = model.initial_state(xc, mc, sample=False)
-        zs = model.rollout(z0, stim[rows])
+        zs = model.rollout(z0, model.encode_stimulus(stim[rows]))
         torch.testing.assert_close(out.states[1:], zs)
         torch.testing.assert_close(out.pred[0], model.decode(z0))
         torch.testing.assert_close(out.pred[1:], model.decode(zs))
@@ -334,7 +334,9 @@ class TestRollout(unittest.TestCase):
         assert out.inferred is not None
         self.assertEqual(tuple(out.inferred.shape), (5, 2, 2))
         self.assertGreater(float(out.kl_co.detach()), 0.0)
-        open_loop = model.rollout(model.initial_state(xc, mc, sample=False)[0], stim[rows])
+        open_loop = model.rollout(
+            model.initial_state(xc, mc, sample=False)[0], model.encode_stimulus(stim[rows])
+        )
         self.assertFalse(torch.allclose(out.states[1:], open_loop))
         with self.assertRaises(ValueError):
             model.train_forward(xc, mc, stim[rows], sample=False)
@@ -478,7 +480,7 @@ class TestLearning(unittest.TestCase):
                 )
                 rows = starts.unsqueeze(0) + torch.arange(200).unsqueeze(1)
                 truth = test_x[rows + 1]
-                pred = model.decode(model.rollout(z0, test_s[rows]))
+                pred = model.decode(model.rollout(z0, model.encode_stimulus(test_s[rows])))
                 mse = float((pred - truth).square().mean())
                 const = float((test_x[starts].unsqueeze(0) - truth).square().mean())
             return mse, const

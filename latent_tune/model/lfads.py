@@ -10,7 +10,7 @@ stay distinguishable.
   z_{k+1} = GRU(z_k, [StimEnc(s_{start+k}), inferred_k]);  x^_{t} = Readout(Factors(z))
 
 Index convention (the same as EED's evaluation): z_0 is the state at the start frame, and
-decode(z_{k+1}) predicts time start + k + 1 with z_{k+1} = step(z_k, stim[start + k]).
+decode(z_{k+1}) predicts time start + k + 1 with z_{k+1} = step(z_k, StimEnc(stim[start + k])).
 
 Controller (co_dim > 0): a second bidirectional GRU reads the context AND the training
 window's fed entries; a controller GRU turns its outputs (plus the previous factors) into
@@ -172,24 +172,22 @@ class LFADSModel(nn.Module):
             u = torch.cat((u, inferred.to(u.dtype)), dim=-1)
         return self.generator(u.to(state.dtype), state)
 
-    def step(self, state: Tensor, stim_t: Tensor, inferred_input: Tensor | None = None) -> Tensor:
-        """One generator step (B, gen_dim) with the raw stimulus (B, S) at that step.
+    def step(self, state: Tensor, u_t: Tensor, inferred_input: Tensor | None = None) -> Tensor:
+        """One generator step (B, gen_dim) with the encoded stimulus u_t (B, Ls) at that step.
 
         ``inferred_input`` (B, co_dim) defaults to zero, the prior mean used at evaluation.
         """
-        return self._gen_step(state, self.encode_stimulus(stim_t), inferred_input)
+        return self._gen_step(state, u_t, inferred_input)
 
     def decode(self, state: Tensor) -> Tensor:
         """(..., gen_dim) -> (..., N) Gaussian mean: readout of the low-dimensional factors."""
         return self.readout(self.factors(self.state_dropout(state)))
 
-    def rollout(self, state: Tensor, stim: Tensor) -> Tensor:
-        """Open-loop states z_1..z_K (K, B, gen_dim) from z_0 (B, gen_dim), raw stim (K, B, S).
-
-        Step k uses stim[k]; inferred inputs are zero. One stimulus-encoder call; the only loop
-        is over time.
+    def rollout(self, state: Tensor, u: Tensor) -> Tensor:
+        """Open-loop states z_1..z_K (K, B, gen_dim) from z_0 (B, gen_dim) and the ENCODED
+        stimulus u = encode_stimulus(stim) (K, B, Ls), as EED's rollout, so the shared
+        evaluation drives both families alike. Step k uses u[k]; inferred inputs are zero.
         """
-        u = self.encode_stimulus(stim)
         out = []
         for k in range(u.shape[0]):
             state = self._gen_step(state, u[k], None)
