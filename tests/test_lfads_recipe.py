@@ -121,8 +121,12 @@ class TestNoLeakage(_TinySuite):
     def predictions(self, es: EvalSet, z0: torch.Tensor, steps: int = 50) -> torch.Tensor:
         model = self.trainer.model
         rows = es.starts.unsqueeze(0) + torch.arange(steps).unsqueeze(1)
-        with torch.no_grad():
-            return model.decode(model.rollout(z0, model.encode_stimulus(es.stim[rows])))
+        model.eval()  # as in the evaluation: no dropout
+        try:
+            with torch.no_grad():
+                return model.decode(model.rollout(z0, model.encode_stimulus(es.stim[rows])))
+        finally:
+            model.train()
 
     def test_rows_after_each_start_are_never_read(self) -> None:
         es = self.es

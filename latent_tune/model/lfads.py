@@ -220,8 +220,8 @@ class LFADSModel(nn.Module):
         z, kl_ic, _ = self._initial_state(enc_ctx, sample)
         u = self.encode_stimulus(stim)
         n_steps = u.shape[0]
-        fac = self.factors(self.state_dropout(z))
-        states, facs = [z], [fac]
+        states: list[Tensor] = [z]
+        facs: list[Tensor] = []
         kl_co = z.new_zeros(())
         inferred_all: Tensor | None = None
         if self.cfg.co_dim > 0 and n_steps > 0:
@@ -232,6 +232,8 @@ class LFADSModel(nn.Module):
             enc_all = torch.cat((enc_ctx, self._encoder_input(x_fut, mask_fut)), dim=0)
             ci = self.input_dropout(self.ci_encoder(enc_all)[0][enc_ctx.shape[0] :])  # (K, B, .)
             con = z.new_zeros((z.shape[0], self.cfg.con_dim))
+            fac = self.factors(self.state_dropout(z))
+            facs.append(fac)
             inferred, kls = [], []
             for k in range(n_steps):
                 con = self.controller(torch.cat((ci[k], fac), dim=-1), con)
@@ -249,9 +251,13 @@ class LFADSModel(nn.Module):
             for k in range(n_steps):
                 z = self._gen_step(z, u[k], None)
                 states.append(z)
-                facs.append(self.factors(self.state_dropout(z)))
-        pred = self.readout(torch.stack(facs))
-        return LFADSForward(pred, torch.stack(states), kl_ic, kl_co, inferred_all)
+        all_states = torch.stack(states)
+        if inferred_all is not None:
+            fac_all = torch.stack(facs)
+        else:  # the loop above was the recurrence alone: every state's factors in one call
+            fac_all = self.factors(self.state_dropout(all_states))
+        pred = self.readout(fac_all)
+        return LFADSForward(pred, all_states, kl_ic, kl_co, inferred_all)
 
     def recurrent_weights(self) -> dict[str, Tensor]:
         """The GRU recurrent kernels the L2 penalty acts on ("gen", and "con" with a controller)."""
