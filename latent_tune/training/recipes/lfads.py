@@ -7,9 +7,10 @@ optimizer steps. Evaluation, the objective, checkpoints and search are the share
 model offers the same `encode_stimulus` / `rollout` / `decode` interface as EED, and
 `start_state` hands the shared evaluation its own z0.
 
-Exactness: the ramps count this recipe's optimizer steps and coordinated dropout draws from the
-recipe's own seeded generator; both are in `state_dict`, so save -> restore -> next epoch gives
-the loss an uninterrupted run gives.
+Exactness: the ramps count this recipe's optimizer steps, coordinated dropout draws from the
+recipe's own seeded generator, and the model's dropout and posterior samples from a global RNG
+reseeded per step; all of it is in `state_dict`, so save -> restore -> next epoch gives the loss
+an uninterrupted run gives.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class LFADSRecipe(Recipe):
         # uniforms on the host every batch (hundreds of MB at lab scale) and copy them over.
         self.cd_generator = torch.Generator(device=device)
         self.cd_generator.manual_seed(_cd_seed(config.training.seed, "coordinated_dropout"))
+        # The model's own noise (dropout, posterior samples) draws from torch's global RNG,
+        # which no checkpoint holds: each batch reseeds it from (noise_seed, step) inside a fork.
+        self.noise_seed = _cd_seed(config.training.seed, "model_noise")
 
     def build_model(self) -> nn.Module:
         return LFADSModel(self.data.n_neurons, self.data.n_stimulus, self.config.model)
@@ -126,20 +130,26 @@ class LFADSRecipe(Recipe):
     ) -> dict[str, Tensor]:
         assert isinstance(model, LFADSModel)
         weights = loss_weights(self.config.loss, self.steps)
+        noise = _cd_seed(self.noise_seed, f"step:{self.steps}")
         if model.training:
             self.steps += 1  # one batch_loss per optimizer step in the training loop
-        return lfads_batch_loss(
-            model,
-            x,
-            stim,
-            self.acq.phases,
-            self.acq.effective_tu,
-            t0,
-            horizon,
-            self.config.loss,
-            weights,
-            generator=self.cd_generator,
-        )
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.random.default_generator.manual_seed(noise)
+            if cuda:
+                torch.cuda.manual_seed(noise)
+            return lfads_batch_loss(
+                model,
+                x,
+                stim,
+                self.acq.phases,
+                self.acq.effective_tu,
+                t0,
+                horizon,
+                self.config.loss,
+                weights,
+                generator=self.cd_generator,
+            )
 
     @torch.no_grad()
     def start_state(self, model: nn.Module, es: EvalSet, bf16: bool) -> Tensor:
@@ -165,10 +175,12 @@ class LFADSRecipe(Recipe):
     def reseed(self, seed: int) -> None:
         """A fresh dropout stream after adopting another run's state (PBT exploit)."""
         self.cd_generator.manual_seed(_cd_seed(seed, "coordinated_dropout"))
+        self.noise_seed = _cd_seed(seed, "model_noise")
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "steps": int(self.steps),
+            "noise_seed": int(self.noise_seed),
             "cd_device": self.cd_generator.device.type,
             "cd_generator": self.cd_generator.get_state(),
         }
@@ -179,6 +191,7 @@ class LFADSRecipe(Recipe):
         if not state:
             return
         self.steps = int(state["steps"])
+        self.noise_seed = int(state["noise_seed"])
         if state.get("cd_device") == self.cd_generator.device.type:
             self.cd_generator.set_state(state["cd_generator"].to(torch.uint8).cpu())
         else:
