@@ -140,7 +140,17 @@ def start_local_ray(runtime_env: dict[str, Any] | None = None, **init_kwargs: An
         **init_kwargs,  # tests: num_cpus, include_dashboard=False
     }
     with env(_LOCAL_ENV):
-        ctx = ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+        try:
+            ctx = ray.init(address="local", dashboard_host="127.0.0.1", **kwargs)
+        except Exception as exc:  # Ray raises bare Exceptions (e.g. its 30 s start-up timeout)
+            first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+            raise UserInputError(
+                None,
+                "ray",
+                f"the local Ray did not start ({first.strip()[:200]}); on an overloaded machine "
+                "its processes may miss Ray's start-up timeout: try again, or start Ray "
+                "yourself (ray start --head) and pass --address",
+            ) from None
     _start_watchdog(ctx.address_info["session_dir"])
     return ctx
 
