@@ -28,8 +28,9 @@ from latent_tune.errors import UserInputError
 from latent_tune.report import main as report_main
 from latent_tune.training.evaluate import STABILITY_PREFIX, DatasetEval, crossval_objective
 from latent_tune.tune.cli import start_local_ray
+from latent_tune.tune.run import write_html
 from latent_tune.tune.smoothing import Smoother, rank_metric, smooth_series
-from latent_tune.tune.space import parse_space
+from latent_tune.tune.space import Objective, parse_space
 from latent_tune.tune.trainable import SMOOTHER_KEY, smooth_report
 from tests.ray_cluster import QUIET
 from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
@@ -283,6 +284,52 @@ class ReportReadsObjectiveAndVerification(unittest.TestCase):
         self.assertIn("verified.parquet", err)
 
 
+class ReportHtmlAtTheEnd(unittest.TestCase):
+    """The search's report.html hook: a page ranked like the tables, or one warning line."""
+
+    def setUp(self) -> None:
+        self.exp = Path(tempfile.mkdtemp(prefix="lt-smooth-html-")) / "exp"
+        self.exp.mkdir(parents=True)
+        self.addCleanup(shutil.rmtree, self.exp.parent, ignore_errors=True)
+
+    def _run(self, objective: Objective) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            write_html(self.exp, objective)
+        return out.getvalue()
+
+    def test_page_written_and_ranked_by_the_rank_metric(self) -> None:
+        rows = []
+        for i, tid in enumerate(("t1", "t2", "t3")):
+            raw = [0.5, 0.2 + 0.1 * i, 0.9 - 0.2 * i, 0.4]  # t1: lucky dip, t3: steady
+            flags = [True] * 4
+            sm = smooth_series(raw, flags, EMA)
+            for e in range(4):
+                rows.append(
+                    {
+                        "trial_id": tid,
+                        "epoch": e + 1,
+                        METRIC: raw[e],
+                        SMOOTHED: sm[e],
+                        "evaluated": True,
+                        "training.learning_rate": 1e-3 * (i + 1),
+                    }
+                )
+        pd.DataFrame(rows).to_parquet(self.exp / "results.parquet")
+        objective = Objective(metric=METRIC, smoothing=EMA)
+        out = self._run(objective)
+        page = (self.exp / "report.html").read_text()
+        self.assertIn("report.html", out)
+        self.assertIn(f"best_{SMOOTHED}", page)
+
+    def test_a_failing_report_is_one_warning_line(self) -> None:
+        out = self._run(Objective(metric=METRIC))  # empty dir: nothing to report
+        self.assertFalse((self.exp / "report.html").exists())
+        lines = out.strip().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith("warning: report.html not written"))
+
+
 class SmoothedAshaSearch(unittest.TestCase):
     """One tiny ASHA search with ema smoothing on a real local Ray."""
 
@@ -297,7 +344,7 @@ class SmoothedAshaSearch(unittest.TestCase):
         start_local_ray(num_cpus=2, include_dashboard=False)
         space = tiny_space(
             "smooth",
-            tiny_overrides(3, {"evaluation.every": 2, "evaluation.divergence_threshold": 100.0}),
+            tiny_overrides(3, {"evaluation.every": 3, "evaluation.divergence_threshold": 100.0}),
             objective={"metric": METRIC, "mode": "min", "smoothing": EMA},
             scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
             trials={"num_samples": 3, "max_concurrent": 2},
@@ -324,7 +371,7 @@ class SmoothedAshaSearch(unittest.TestCase):
         results = pd.read_parquet(self.exp / "results.parquet")
         self.assertIn(METRIC, results.columns)
         self.assertIn(SMOOTHED, results.columns)
-        self.assertFalse(results["evaluated"].all())  # evaluation.every 2: epoch 2 is not
+        self.assertFalse(results["evaluated"].all())  # evaluation.every 3: epoch 2 is not
         for tid, unsorted in results.groupby("trial_id"):
             rows = unsorted.sort_values("epoch")
             want = smooth_series(list(rows[METRIC]), list(rows["evaluated"]), EMA)

@@ -34,7 +34,7 @@ from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_search
 from latent_tune.tune.space import Objective
 from latent_tune.tune.stoppers import SearchStopper
 
-__all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search"]
+__all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search", "write_html"]
 
 
 def _trial_fn(plan: Plan) -> Any:
@@ -152,7 +152,7 @@ def print_where(plan: Plan, ctx: Any) -> None:
         print(f"tensorboard: tensorboard --logdir {plan.exp_path} --host 127.0.0.1")
 
 
-def _write_html(exp_dir: Path, objective: Objective) -> None:
+def write_html(exp_dir: Path, objective: Objective) -> None:
     """report.html beside the tables, ranked like them; a failure costs one warning line."""
     try:
         out = write_report_html(
@@ -229,7 +229,7 @@ def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
                 f"({plan.exp_path}/pbt_history.parquet)"
             )
         if sp.report.html:
-            _write_html(Path(plan.exp_path), sp.objective)
+            write_html(Path(plan.exp_path), sp.objective)
     else:
         print(
             f"results stored at {plan.exp_path}; run `python -m latent_tune.report` on a "
