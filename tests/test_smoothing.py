@@ -22,19 +22,24 @@ from pathlib import Path
 import pandas as pd
 import ray
 import torch
+from ray.tune import Checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.errors import UserInputError
 from latent_tune.report import main as report_main
+from latent_tune.training.config import load_config
 from latent_tune.training.evaluate import STABILITY_PREFIX, DatasetEval, crossval_objective
+from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.run import write_html
 from latent_tune.tune.smoothing import Smoother, rank_metric, smooth_series
 from latent_tune.tune.space import Objective, parse_space
-from latent_tune.tune.trainable import SMOOTHER_KEY, smooth_report
+from latent_tune.tune.trainable import SMOOTHER_KEY, _restore, _write_checkpoint, smooth_report
 from tests.ray_cluster import QUIET
 from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
 
+ROOT = Path(__file__).resolve().parents[1]
 METRIC = "crossval_rollout_mse"
 SMOOTHED = f"{METRIC}_smoothed"
 EMA = {"type": "ema", "alpha": 0.5}
@@ -187,6 +192,47 @@ class SmoothingRules(unittest.TestCase):
         self.assertEqual(rank_metric(METRIC, "median_of_last"), SMOOTHED)
         with self.assertRaises(ValueError):
             Smoother("ema", alpha=0.0)
+
+
+class SmootherInTheCheckpoint(unittest.TestCase):
+    """The trainable's checkpoint carries the smoother; a resume and a PBT clone continue it."""
+
+    def test_own_resume_and_donor_exploit_continue_the_smoother(self) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="lt-smooth-ckpt-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        suite = ensure_demo_suite("tiny")  # the cache the tiny searches use too
+        cfg = load_config(
+            ROOT / "trainables" / "eed_staggered_tiny.yaml",
+            [f"data.suite={suite}", *(f"{k}={v}" for k, v in tiny_overrides(3).items())],
+        )
+        donor = Trainer(cfg, None, "cpu")
+        smoother = Smoother.from_spec({"type": "median_of_last", "k": 2})
+        for _ in range(2):
+            smooth_report(donor.train_epoch(), METRIC, smoother)
+        smoother.update(0.123)  # a state no fresh smoother has
+        ckpt = tmp / "ckpt"
+        ckpt.mkdir()
+        params = {"training.learning_rate": 1e-3}
+        _write_checkpoint(donor, ckpt, params, 2, "donor", smoother=smoother)
+        self.assertEqual(
+            json.loads((ckpt / "meta.json").read_text())[SMOOTHER_KEY], smoother.state_dict()
+        )
+        for trial_id in ("donor", "clone"):  # a resume of its own; a PBT exploit of another
+            with self.subTest(trial_id=trial_id):
+                trial_dir = tmp / trial_id
+                trial_dir.mkdir()
+                fresh = Smoother.from_spec({"type": "median_of_last", "k": 2})
+                target = Trainer(cfg, None, "cpu")
+                _restore(
+                    target,
+                    Checkpoint.from_directory(ckpt),
+                    trial_dir,
+                    params,
+                    trial_id,
+                    smoother=fresh,
+                )
+                self.assertEqual(fresh.state_dict(), smoother.state_dict())
+                self.assertEqual(target.epoch, 2)
 
 
 def _report(argv: list[str]) -> tuple[int, str, str]:
