@@ -8,7 +8,7 @@ each smoothing rule, in the order the trials really reached each rung, and compa
 decisions with the trials' final-epoch ranking:
 
 - `disagree`: of the (stopped, kept) pairs, the fraction where the stopped trial ended better
-  (lower final raw objective): 0 = every stop was right;
+  (lower final raw objective; `--truth best`: lower best raw value): 0 = every stop was right;
 - `best_kept`: whether the trial with the best final value survived;
 - `spearman[t]`: rank correlation, over all complete trials, between the value at epoch t and the
   final raw value (how well epoch t predicts the end, the quantity every rung relies on).
@@ -87,6 +87,12 @@ def main() -> None:
     p.add_argument("--grace", type=int, default=2)
     p.add_argument("--rf", type=float, default=3.0)
     p.add_argument("--epochs", type=int, default=None, help="complete = this many epochs")
+    p.add_argument(
+        "--truth",
+        choices=("final", "best"),
+        default="final",
+        help="rank trials by their final-epoch (default) or best-epoch raw value",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     path = args.exp / RESULTS_FILE
@@ -98,13 +104,15 @@ def main() -> None:
         if int(df["epoch"].max()) >= epochs
     }
     curves = {t: df[df["epoch"] <= epochs] for t, df in curves.items()}
-    final = pd.Series({t: float(df[METRIC].iloc[-1]) for t, df in curves.items()})
+    pick = (lambda v: float(v.iloc[-1])) if args.truth == "final" else (lambda v: float(v.min()))
+    final = pd.Series({t: pick(df[METRIC]) for t, df in curves.items()})
     rungs = [r for r in milestones(epochs, args.grace, args.rf) if r < epochs]
     out: dict[str, Any] = {
         "exp": str(args.exp),
         "complete_trials": len(curves),
         "epochs": epochs,
         "rungs": rungs,
+        "truth": args.truth,
         "final": final.sort_values().round(4).to_dict(),
         "rules": {},
     }
