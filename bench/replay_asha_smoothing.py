@@ -15,7 +15,8 @@ decisions with the trials' final-epoch ranking:
 
     python bench/replay_asha_smoothing.py EXP_DIR [--grace 2 --rf 3] [--out replay.json]
 
-EXP_DIR may be unexported (trial dirs only); only trials with a complete curve are replayed.
+EXP_DIR may be unexported (trial dirs only); only trials with a complete curve (or stopped on
+the divergence penalty, ranked by that penalty) are replayed.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def _disagreement(final: pd.Series, stopped: set[str]) -> float:
     return sum(final[s] < final[k] for s, k in pairs) / len(pairs)
 
 
+def _diverged_stop(df: pd.DataFrame) -> bool:
+    """Stopped on its penalty (stopping.diverged_patience): complete, with the penalty as final;
+    the stop is on the raw value, so every rule replays it the same way."""
+    return "penalised" in df.columns and bool(df.sort_values("epoch")["penalised"].iloc[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("exp", type=Path)
@@ -101,7 +108,7 @@ def main() -> None:
     curves = {
         str(t): df.sort_values("epoch").reset_index(drop=True)
         for t, df in results.groupby("trial_id")
-        if int(df["epoch"].max()) >= epochs
+        if int(df["epoch"].max()) >= epochs or _diverged_stop(df)
     }
     curves = {t: df[df["epoch"] <= epochs] for t, df in curves.items()}
     pick = (lambda v: float(v.iloc[-1])) if args.truth == "final" else (lambda v: float(v.min()))
@@ -122,7 +129,9 @@ def main() -> None:
         for t in range(1, epochs):
             at = pd.Series(
                 {
-                    tid: smooth_series(list(df[METRIC]), list(df["evaluated"]), rule)[t - 1]
+                    tid: smooth_series(list(df[METRIC]), list(df["evaluated"]), rule)[
+                        min(t, len(df)) - 1  # a trial stopped on its penalty keeps its last
+                    ]
                     for tid, df in curves.items()
                 }
             )
