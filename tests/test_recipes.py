@@ -138,6 +138,7 @@ class TestToyRecipeSearch(_TinySuite):
             "trials": {"num_samples": 2, "max_concurrent": 2},
             "resources": {"cpu": 1},
             "stopping": {"diverged_patience": 0},
+            "report": {"html": False},
         }
         path = self.tmp / "toy.yaml"
         path.write_text(yaml.safe_dump(space))

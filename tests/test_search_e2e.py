@@ -46,6 +46,7 @@ def _space(tmp: Path, name: str, **sections) -> Path:
         "base": "eed_staggered_tiny.yaml",
         "overrides": dict(TINY),
         "resources": {"cpu": 0.5},
+        "report": {"html": False},  # the page has its own tests (test_html_report, test_smoothing)
     }
     d.update(sections)
     path = tmp / f"{name}.yaml"

@@ -47,7 +47,8 @@ def tiny_overrides(epochs: int, changes: dict[str, Any] | None = None) -> dict[s
 
 
 def tiny_space(name: str, overrides: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    """A FIFO search over the learning rate of the tiny recipe; `sections` replace the defaults."""
+    """A FIFO search over the learning rate of the tiny recipe, no report.html; `sections`
+    replace the defaults."""
     space: dict[str, Any] = {
         "name": name,
         "trainable": "eed_staggered",
@@ -58,6 +59,7 @@ def tiny_space(name: str, overrides: dict[str, Any], **sections: Any) -> dict[st
         "space": LR_SPACE,
         "resources": {"cpu": 1},
         "stopping": {"diverged_patience": 0},
+        "report": {"html": False},  # the HTML page has its own tests; keep the Ray tests fast
     }
     space.update(sections)
     return space

@@ -7,6 +7,7 @@ __all__ = [
     "BEST_MODEL_FILE",
     "CONFIG_FILE",
     "META_FILE",
+    "OBJECTIVE_FILE",
     "PBT_HISTORY_FILE",
     "RESTORES_FILE",
     "RESULTS_FILE",
@@ -24,5 +25,6 @@ RESTORES_FILE = "restores.jsonl"  # one line per restore (resume or PBT exploit)
 # in the experiment dir
 RESULTS_FILE = "results.parquet"
 TRIALS_FILE = "trials.parquet"
+OBJECTIVE_FILE = "objective.json"  # metric, mode, rank_metric, smoothing (written by the search)
 PBT_HISTORY_FILE = "pbt_history.parquet"
 BEST_DIR = "best"

@@ -24,13 +24,14 @@ import yaml
 from tensorboardX import SummaryWriter
 from tensorboardX.summary import hparams as hparams_summary
 
-from latent_tune.atomic import atomic_dir, atomic_file
+from latent_tune.atomic import atomic_dir, atomic_file, atomic_write_text
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX
 from latent_tune.tune.files import (
     BEST_DIR,
     BEST_MODEL_FILE,
     CONFIG_FILE,
     META_FILE,
+    OBJECTIVE_FILE,
     PBT_HISTORY_FILE,
     RESULTS_FILE,
     TRAINER_FILE,
@@ -42,6 +43,7 @@ from latent_tune.tune.resolve import META_KEY
 __all__ = [
     "BASELINES",
     "BEST_DIR",
+    "OBJECTIVE_FILE",
     "PBT_HISTORY_FILE",
     "RESULTS_FILE",
     "TRIALS_FILE",
@@ -58,6 +60,7 @@ __all__ = [
     "results_table",
     "trials_table",
     "write_hparams_view",
+    "write_objective_record",
 ]
 
 # the baselines' scores at each trial's best epoch: report key -> trials table column
@@ -235,14 +238,35 @@ def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     return rows[ok]
 
 
+def _best_final(rows: pd.DataFrame, col: str, mode: str) -> dict[str, Any]:
+    """best_<col> (over valid epochs) and final_<col> (the last epoch) of one trial."""
+    valid = _valid(rows, col)
+    best = math.nan
+    if not valid.empty:
+        vals = pd.to_numeric(valid[col])
+        best = float(vals.min() if mode == "min" else vals.max())
+    last = _float(rows.iloc[-1][col]) if not rows.empty and col in rows.columns else math.nan
+    return {f"final_{col}": last, f"best_{col}": best}
+
+
 def trials_table(
-    records: list[TrialRecord], metric: str, mode: str, params: Iterable[str], max_epochs: int
+    records: list[TrialRecord],
+    metric: str,
+    mode: str,
+    params: Iterable[str],
+    max_epochs: int,
+    *,
+    rank_metric: str | None = None,
 ) -> pd.DataFrame:
     """trials.parquet: one row per trial with final and best objective, status, config.
 
     `max_epochs` is the search's epoch count; a record's own `max_epochs` wins (a searched
-    training.epochs, or a report rebuilt from trial dirs of unknown searches)."""
+    training.epochs, or a report rebuilt from trial dirs of unknown searches). With a
+    `rank_metric` (the smoothed objective) its best_/final_ columns are added and the trials
+    are ranked on best_<rank_metric>; best_epoch stays the raw metric's best epoch (the epoch
+    whose weights the trainer keeps and best/ exports)."""
     params = list(params)
+    rank_metric = rank_metric or metric
     rows: list[dict[str, Any]] = []
     for r in records:
         last = r.rows.iloc[-1] if not r.rows.empty else None
@@ -278,13 +302,15 @@ def trials_table(
             "error": r.error,
             "path": r.path,
         }
+        if rank_metric != metric:
+            row.update(_best_final(r.rows, rank_metric, mode))
         for p in params:
             row[p] = last[p] if last is not None and p in last else (r.config or {}).get(p)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    return rank_trials(df, metric, mode)
+    return rank_trials(df, rank_metric, mode)
 
 
 def _float(v: Any) -> float:
@@ -320,7 +346,11 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_hparams_view(
-    exp_dir: Path, trials: pd.DataFrame, params: Iterable[str], metric: str
+    exp_dir: Path,
+    trials: pd.DataFrame,
+    params: Iterable[str],
+    metric: str,
+    rank_metric: str | None = None,
 ) -> None:
     """An experiment-level HParams summary at the experiment root, so TensorBoard's HParams tab
     lists every trial (each trial dir holds its own session record under `hparams/`)."""
@@ -338,6 +368,7 @@ def write_hparams_view(
             (
                 metric,
                 f"best_{metric}",
+                *((rank_metric, f"best_{rank_metric}") if rank_metric else ()),
                 "crossval_rollout_mse",
                 "best_crossval_rollout_mse",
                 "crossval_intervening_mse",
@@ -352,7 +383,13 @@ def write_hparams_view(
     writer.close()
 
 
-def _export_best(record: TrialRecord, trial_row: Mapping[str, Any], out: Path, metric: str) -> bool:
+def _export_best(
+    record: TrialRecord,
+    trial_row: Mapping[str, Any],
+    out: Path,
+    metric: str,
+    rank_metric: str,
+) -> bool:
     """best/: model weights of the best epoch, full trainer state, config.yaml, summary.json."""
     if record.checkpoint is None:
         return False
@@ -370,6 +407,8 @@ def _export_best(record: TrialRecord, trial_row: Mapping[str, Any], out: Path, m
             "trial_id": record.trial_id,
             "metric": metric,
             f"best_{metric}": trial_row.get(f"best_{metric}"),
+            "rank_metric": rank_metric,
+            f"best_{rank_metric}": trial_row.get(f"best_{rank_metric}"),
             "best_epoch": None
             if trial_row.get("best_epoch") is None
             or trial_row.get("best_epoch") != trial_row.get("best_epoch")
@@ -399,26 +438,46 @@ def export_all(
     params: Iterable[str],
     max_epochs: int,
     pbt_dir: Path | None = None,
+    rank_metric: str | None = None,
 ) -> ExportSummary:
-    """Write results.parquet, trials.parquet, best/, the HParams view and the PBT history."""
+    """Write results.parquet, trials.parquet, best/, the HParams view and the PBT history.
+
+    Trials are ranked (and best/ chosen) on `rank_metric` (default: `metric`)."""
     params = list(params)
+    rank_metric = rank_metric or metric
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = results_table(records)
-    trials = trials_table(records, metric, mode, params, max_epochs)
+    trials = trials_table(records, metric, mode, params, max_epochs, rank_metric=rank_metric)
     _write_parquet(results, out_dir / RESULTS_FILE)
     _write_parquet(trials, out_dir / TRIALS_FILE)
     history = pbt_history(pbt_dir or out_dir, params, _start_values(records, params))
     if not history.empty:
         _write_parquet(history, out_dir / PBT_HISTORY_FILE)
     best_trial, best_dir = None, None
-    if not trials.empty and math.isfinite(float(trials.iloc[0][f"best_{metric}"])):
+    if not trials.empty and math.isfinite(float(trials.iloc[0][f"best_{rank_metric}"])):
         best_trial = str(trials.iloc[0]["trial_id"])
         rec = next(r for r in records if r.trial_id == best_trial)
-        if _export_best(rec, trials.iloc[0].to_dict(), out_dir / BEST_DIR, metric):
+        row = trials.iloc[0].to_dict()
+        if _export_best(rec, row, out_dir / BEST_DIR, metric, rank_metric):
             best_dir = out_dir / BEST_DIR
-    write_hparams_view(out_dir, trials, params, metric)
+    write_hparams_view(out_dir, trials, params, metric, rank_metric)
     return ExportSummary(results, trials, best_trial, best_dir, history)
+
+
+def write_objective_record(exp_dir: Path, record: Mapping[str, Any]) -> Path:
+    """objective.json: which key ranked the trials (kept keys another step recorded stay)."""
+    path = Path(exp_dir) / OBJECTIVE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            loaded = {}
+        old = loaded if isinstance(loaded, dict) else {}
+    atomic_write_text(path, json.dumps({**old, **record}, indent=2, default=str) + "\n")
+    return path
 
 
 def _start_values(records: list[TrialRecord], params: list[str]) -> dict[str, dict[str, Any]]:
@@ -454,22 +513,35 @@ def param_labels(paths: Iterable[str]) -> dict[str, str]:
     return {p: (v if counts[v] == 1 else p) for p, v in label.items()}
 
 
-def format_ranked(trials: pd.DataFrame, metric: str, params: Iterable[str], limit: int = 20) -> str:
+def format_ranked(
+    trials: pd.DataFrame,
+    metric: str,
+    params: Iterable[str],
+    *,
+    rank_metric: str | None = None,
+    limit: int = 20,
+    extra: Iterable[str] = (),
+) -> str:
     """A compact ranked table for the console: the best score next to the two baselines'
-    scores on the same windows at that epoch (a column an old experiment lacks is left out)."""
+    scores on the same windows at that epoch (a column an old experiment lacks is left out).
+    With a smoothed `rank_metric` its best value (the ranking key) comes first; `extra`
+    columns (verification) come last."""
     params = list(params)
     if trials.empty:
         return "(no trials)"
     baselines = [c for c in _BASELINE_LABELS if c in trials.columns and trials[c].notna().any()]
+    ranked = [f"best_{rank_metric}"] if rank_metric and rank_metric != metric else []
     cols = [
         "rank",
         "trial_id",
         "status",
+        *ranked,
         f"best_{metric}",
         *baselines,
         "best_epoch",
         "epochs",
         *params,
+        *extra,
     ]
     if "experiment" in trials.columns:
         cols.insert(1, "experiment")

@@ -19,20 +19,29 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from latent_tune.tune.capacity import check_capacity, node_capacities
 from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, total_trials
+from latent_tune.tune.html_report import write_report_html
 from latent_tune.tune.plan import Plan
 from latent_tune.tune.progress import Progress
 from latent_tune.tune.ray_session import dashboard_login_hint
 from latent_tune.tune.records import SPACE_FILE, write_search_records
 from latent_tune.tune.resolve import make_trial_fn
-from latent_tune.tune.results import export_all, format_ranked, records_from_grid
+from latent_tune.tune.results import (
+    export_all,
+    format_ranked,
+    records_from_grid,
+    write_objective_record,
+)
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
+from latent_tune.tune.space import Objective
 from latent_tune.tune.stoppers import SearchStopper
 
-__all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search"]
+__all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search", "write_html"]
 
 
 def _trial_fn(plan: Plan) -> Any:
-    return make_trial_fn(plan.res.space.trainable, plan.res.meta(), plan.res.space.name)
+    sp = plan.res.space
+    meta = {**plan.res.meta(), "smoothing": sp.objective.smoothing.model_dump()}
+    return make_trial_fn(sp.trainable, meta, sp.name)
 
 
 def build_tuner(plan: Plan) -> tuple[tune.Tuner, SearchStopper]:
@@ -55,7 +64,7 @@ def build_tuner(plan: Plan) -> tuple[tune.Tuner, SearchStopper]:
         trainable,
         param_space=param_space(sp),
         tune_config=tune.TuneConfig(
-            metric=sp.objective.metric,
+            metric=sp.objective.rank_metric,  # schedulers and searchers compare this key
             mode=sp.objective.mode,
             scheduler=build_scheduler(sp, epochs),
             search_alg=build_searcher(sp),
@@ -144,6 +153,18 @@ def print_where(plan: Plan, ctx: Any) -> None:
         print(f"tensorboard: tensorboard --logdir {plan.exp_path} --host 127.0.0.1")
 
 
+def write_html(exp_dir: Path, objective: Objective) -> None:
+    """report.html beside the tables, ranked like them; a failure costs one warning line."""
+    try:
+        out = write_report_html(
+            [exp_dir], exp_dir / "report.html", metric=objective.rank_metric, mode=objective.mode
+        )
+    except Exception as exc:  # noqa: BLE001 - the search itself succeeded
+        print(f"warning: report.html not written: {type(exc).__name__}: {exc}", flush=True)
+    else:
+        print(f"report:      {out}", flush=True)
+
+
 def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
     sp = plan.res.space
     print_where(plan, ctx)
@@ -169,6 +190,8 @@ def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
         tuner, stopper = build_tuner(plan)
     if plan.local_storage and not (args.resume and Path(plan.exp_path, SPACE_FILE).is_file()):
         write_search_records(Path(plan.exp_path), sp, plan.res.base_config)  # for `verify`
+    if plan.local_storage:
+        write_objective_record(Path(plan.exp_path), sp.objective.record())
     grid = tuner.fit()
     n_total = total_trials(sp)
     finished = grid.num_terminated + grid.num_errors
@@ -189,9 +212,14 @@ def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
             params=params,
             max_epochs=plan.res.base_config.training.epochs,
             pbt_dir=Path(plan.exp_path),
+            rank_metric=sp.objective.rank_metric,
         )
         print()
-        print(format_ranked(summary.trials, sp.objective.metric, params))
+        print(
+            format_ranked(
+                summary.trials, sp.objective.metric, params, rank_metric=sp.objective.rank_metric
+            )
+        )
         _print_failed(summary.trials)
         if summary.best_dir is not None:
             print(
@@ -203,6 +231,8 @@ def run_search(plan: Plan, args: argparse.Namespace, ctx: Any) -> int:
                 f"PBT exploit/explore steps: {len(summary.pbt_history)} "
                 f"({plan.exp_path}/pbt_history.parquet)"
             )
+        if sp.report.html:
+            write_html(Path(plan.exp_path), sp.objective)
     else:
         print(
             f"results stored at {plan.exp_path}; run `python -m latent_tune.report` on a "

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from latent_tune.errors import UserInputError
 from latent_tune.sanity import check_values, parse_assignment, parse_yaml, read_text
+from latent_tune.tune.smoothing import rank_metric
 
 __all__ = [
     "DIST_KEYS",
@@ -28,9 +29,11 @@ __all__ = [
     "Objective",
     "Pb2Scheduler",
     "PbtScheduler",
+    "ReportSpec",
     "Resources",
     "SearchSpace",
     "SearcherSpec",
+    "Smoothing",
     "StoppingSpec",
     "TrialsSpec",
     "apply_sets",
@@ -139,9 +142,32 @@ class DistEntry(_Strict):
         return out
 
 
+class Smoothing(_Strict):
+    """How the objective is smoothed over a trial's evaluations before trials are compared."""
+
+    type: Literal["none", "ema", "mean_of_last", "median_of_last"] = "none"
+    alpha: float = Field(default=0.5, gt=0.0, le=1.0)  # ema: s_t = alpha x_t + (1 - alpha) s_t-1
+    k: int = Field(default=3, ge=1)  # mean_of_last / median_of_last: the last k evaluations
+
+
 class Objective(_Strict):
     metric: str = Field(default="crossval_rollout_mse", min_length=1)
     mode: Literal["min", "max"] = "min"
+    smoothing: Smoothing = Field(default_factory=Smoothing)
+
+    @property
+    def rank_metric(self) -> str:
+        """The report key schedulers, searchers and the ranking use (`<metric>_smoothed`)."""
+        return rank_metric(self.metric, self.smoothing.type)
+
+    def record(self) -> dict[str, Any]:
+        """What objective.json holds: which key ranked the trials, and how it was made."""
+        return {
+            "metric": self.metric,
+            "mode": self.mode,
+            "rank_metric": self.rank_metric,
+            "smoothing": self.smoothing.model_dump(),
+        }
 
 
 class AshaScheduler(_Strict):
@@ -233,6 +259,10 @@ class DataSpec(_Strict):
     preset: Literal["tiny", "demo", "lab"] | None = None
 
 
+class ReportSpec(_Strict):
+    html: bool = True  # write <experiment>/report.html at the end of the search
+
+
 class SearchSpace(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     trainable: str = Field(min_length=1)
@@ -247,6 +277,7 @@ class SearchSpace(_Strict):
     resources: Resources = Field(default_factory=Resources)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     stopping: StoppingSpec = Field(default_factory=StoppingSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
     storage: str | None = None
 
     @property

@@ -41,9 +41,17 @@ from latent_tune.tune.files import (
 )
 from latent_tune.tune.gpu_share import claim_gpu_share, explain_gpu_oom, peak_gb
 from latent_tune.tune.resolve import META_KEY, trial_config
+from latent_tune.tune.smoothing import Smoother, rank_metric
 from latent_tune.tune.trial_events import TrialEventWriter
 
-__all__ = ["CKPT_TMP_PREFIX", "run_trial", "sweep_orphaned_checkpoint_dirs", "weights_digest"]
+__all__ = [
+    "CKPT_TMP_PREFIX",
+    "SMOOTHER_KEY",
+    "run_trial",
+    "smooth_report",
+    "sweep_orphaned_checkpoint_dirs",
+    "weights_digest",
+]
 
 # Checkpoint staging dirs in the node's temp dir: `lt-ckpt-<pid>-<random>`, so a later trial can
 # tell the ones whose process is gone.
@@ -51,6 +59,8 @@ CKPT_TMP_PREFIX = "lt-ckpt-"
 ORPHAN_AGE_S = 600.0  # staging lives for seconds; older + dead owner = orphaned
 
 _HPARAM_METRICS = ("crossval_rollout_mse", "best_crossval_rollout_mse", "crossval_intervening_mse")
+SMOOTHER_KEY = "smoother"  # the objective smoother's state in the checkpoint's meta.json
+OBJECTIVE_TAG = "Objective/"  # raw and smoothed objective side by side in TensorBoard
 
 
 def weights_digest(state: Mapping[str, Any]) -> str:
@@ -77,7 +87,13 @@ def _scalars(report: Mapping[str, Any]) -> dict[str, float | int | bool]:
 
 
 def _write_checkpoint(
-    trainer: Trainer, out: Path, params: Mapping[str, Any], epoch: int, trial_id: str
+    trainer: Trainer,
+    out: Path,
+    params: Mapping[str, Any],
+    epoch: int,
+    trial_id: str,
+    *,
+    smoother: Smoother,
 ) -> None:
     trainer.save_checkpoint(out / TRAINER_FILE)
     torch.save(trainer.best_checkpoint(), out / BEST_MODEL_FILE)
@@ -89,17 +105,26 @@ def _write_checkpoint(
         "digest": weights_digest(state),
         "trial_id": trial_id,
         "time": time.time(),
+        SMOOTHER_KEY: smoother.state_dict(),
     }
     (out / META_FILE).write_text(json.dumps(meta, default=str), encoding="utf-8")
 
 
 def _restore(
-    trainer: Trainer, ckpt: tune.Checkpoint, trial_dir: Path, params: dict, trial_id: str
+    trainer: Trainer,
+    ckpt: tune.Checkpoint,
+    trial_dir: Path,
+    params: dict,
+    trial_id: str,
+    *,
+    smoother: Smoother,
 ) -> None:
     """Load weights/optimizer/RNG from a checkpoint (maybe a PBT donor's) into this trial.
 
     Its own checkpoint (a retry, a resume) restores exactly; a donor's (a PBT exploit) is
     adopted: fresh data order seeded from this trial and epoch, no inherited best model.
+    The objective smoother continues from the checkpoint either way (a clone goes on with the
+    donor's smoothed curve, which is what PBT compared when it chose the donor).
     """
     with ckpt.as_directory() as d:
         trainer_path = Path(d) / TRAINER_FILE
@@ -114,6 +139,8 @@ def _restore(
             trainer.load_state_dict(state)
     except StateFormatError as e:  # an older latent_tune's checkpoint: one line, no traceback
         raise UserInputError(f"{ckpt.path}/{TRAINER_FILE}", "format", str(e)) from None
+    if isinstance(meta.get(SMOOTHER_KEY), dict):
+        smoother.load_state_dict(meta[SMOOTHER_KEY])
     record = {
         "time": time.time(),
         "epoch": trainer.epoch,
@@ -190,9 +217,20 @@ def run_trial(config: Mapping[str, Any], recipe: str | None = None) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     every = max(1, int(meta["checkpoint_every"]))  # PBT/PB2: the perturbation interval
     metric = meta.get("metric", "crossval_rollout_mse")
+    smoothing = meta.get("smoothing")
     share = claim_gpu_share(float(meta.get("gpu", 0.0)), device)  # before anything is allocated
     with explain_gpu_oom(share, device):
-        _train(cfg, params, device, every=every, metric=metric)
+        _train(cfg, params, device, every=every, metric=metric, smoothing=smoothing)
+
+
+def smooth_report(metrics: dict[str, Any], metric: str, smoother: Smoother) -> str | None:
+    """Add `<metric>_smoothed` to an epoch's report (every epoch); returns that key, or None."""
+    if smoother.rule == "none" or metric not in metrics:
+        return None
+    key = rank_metric(metric, smoother.rule)
+    evaluated = bool(metrics.get("evaluated", True))
+    metrics[key] = smoother.update(float(metrics[metric]), evaluated)
+    return key
 
 
 def _upload_trial_dir(ctx: Any) -> None:
@@ -209,7 +247,13 @@ def _upload_trial_dir(ctx: Any) -> None:
 
 
 def _train(
-    cfg: BaseTrainConfig, params: dict[str, Any], device: torch.device, *, every: int, metric: str
+    cfg: BaseTrainConfig,
+    params: dict[str, Any],
+    device: torch.device,
+    *,
+    every: int,
+    metric: str,
+    smoothing: Mapping[str, Any] | None = None,
 ) -> None:
     """The epoch loop: one report per epoch, a checkpoint every `every` epochs and at the end."""
     ctx = tune.get_context()
@@ -217,17 +261,24 @@ def _train(
     trial_id = ctx.get_trial_id()
     trainer = Trainer(cfg, trial_dir, device)
     writer = TrialEventWriter(trial_dir, filename_suffix=".hparams")
+    smoother = Smoother.from_spec(smoothing)
     try:
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
-            _restore(trainer, ckpt, trial_dir, params, trial_id)
-        metric_names = dict.fromkeys((metric, *_HPARAM_METRICS))
+            _restore(trainer, ckpt, trial_dir, params, trial_id, smoother=smoother)
+        ranked = rank_metric(metric, smoother.rule)
+        metric_names = dict.fromkeys((metric, ranked, *_HPARAM_METRICS))
         write_hparams(writer, _hparam_values(params), dict.fromkeys(metric_names, math.nan))
         while not trainer.done:
             report = trainer.train_epoch()
             metrics = _scalars(report)
             epoch = int(metrics.get("epoch", trainer.epoch))
             metrics["epoch"] = epoch
+            smoothed = smooth_report(metrics, metric, smoother)
+            if smoothed is not None:
+                for name in (metric, smoothed):
+                    if math.isfinite(float(metrics[name])):
+                        writer.add_scalar(OBJECTIVE_TAG + name, float(metrics[name]), epoch)
             peak = peak_gb(device)
             if peak is not None:
                 metrics["gpu_peak_gb"] = peak  # what this trial needs of a GPU, measured
@@ -242,7 +293,9 @@ def _train(
                 metrics[DONE] = True
             if trainer.done or epoch % every == 0:
                 with tempfile.TemporaryDirectory(prefix=f"{CKPT_TMP_PREFIX}{os.getpid()}-") as tmp:
-                    _write_checkpoint(trainer, Path(tmp), params, epoch, trial_id)
+                    _write_checkpoint(
+                        trainer, Path(tmp), params, epoch, trial_id, smoother=smoother
+                    )
                     # Ray uploads the trial dir with a checkpoint (sync_artifacts_on_checkpoint)
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             else:
