@@ -13,9 +13,9 @@ EMA: after every optimizer step (main epochs and pre-training phases that step t
 decay-weighted mean of the weights after each step so far (the first update copies), so the
 initial weights never dominate it (the plain average with decay 0.999 and 200 steps an epoch
 would still hold 82% of the init after one epoch). The averaging window is about
-min(n, 1 / (1 - decay)) steps. Frozen parameters (requires_grad False, e.g. a pretrained stimulus encoder) and
-non-float buffers are copied, not averaged: the average of something that does not train is
-itself.
+min(n, 1 / (1 - decay)) steps. Frozen parameters (requires_grad False, e.g. a pretrained
+stimulus encoder) and non-float buffers are copied, not averaged: the average of something that
+does not train is itself.
 
 Schedule: a factor on the configured `training.learning_rate`, computed per optimizer step of
 the main epochs from the position ``s = epoch * steps_per_epoch + step_in_epoch`` (pre-training
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ModelEMA", "ema_decay_at", "lr_factor"]
+
 
 def ema_decay_at(decay: float, updates: int) -> float:
     """The decay of the update after `updates` earlier ones (bias correction; 0 = copy)."""
