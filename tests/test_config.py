@@ -60,6 +60,8 @@ training:
   tf32: true
   masked_decode: true
   bf16: false
+  ema_decay: 0.0
+  lr_schedule: {type: constant, warmup_epochs: 0, min_factor: 0.1, step_epochs: 30, gamma: 0.5}
 evaluation:
   every: 1
   seed: 0

@@ -14,8 +14,8 @@ decay-weighted mean of the weights after each step so far (the first update copi
 initial weights never dominate it (the plain average with decay 0.999 and 200 steps an epoch
 would still hold 82% of the init after one epoch). The averaging window is about
 min(n, 1 / (1 - decay)) steps. Frozen parameters (requires_grad False, e.g. a pretrained
-stimulus encoder) and non-float buffers are copied, not averaged: the average of something
-that does not train is itself.
+stimulus encoder) and non-float buffers are copied, not averaged: the average of something that
+does not train is itself.
 
 Schedule: a factor on the configured `training.learning_rate`, computed per optimizer step of
 the main epochs from the position ``s = epoch * steps_per_epoch + step_in_epoch`` (pre-training
