@@ -66,6 +66,7 @@ evaluation:
   every: 1
   seed: 0
   start_margin: 100
+  test_fraction: 0.3333333333333333
   rollout_steps: 2000
   starts: 10
   divergence_threshold: 1.0
