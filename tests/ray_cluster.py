@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-# quiet, token-free local Ray for tests (TUNING.md); each test module applies it in setUpClass
+# quiet, token-free local Ray for tests (docs/tuning_notes.md, section 7); each test module
+# applies it in setUpClass
 QUIET = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",

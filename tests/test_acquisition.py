@@ -1,4 +1,4 @@
-"""Acquisition modes: observation patterns and seeded CPU phases (METHOD.md sec 3)."""
+"""Acquisition modes: observation patterns and seeded CPU phases (docs/method.md, section 3)."""
 
 from __future__ import annotations
 

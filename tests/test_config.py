@@ -1,4 +1,4 @@
-"""Training config: DESIGN.md skeleton defaults, dotted overrides, one-line user errors."""
+"""Training config: the lab's defaults, dotted overrides, one-line user errors."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from latent_tune.training.config import (
     validate_config,
 )
 
-# Verbatim from DESIGN.md, "Training config skeleton".
+# The lab's training config written out in full (defaults: docs/method.md, section 7).
 SKELETON = """
 data:
   suite: null

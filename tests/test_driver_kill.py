@@ -185,7 +185,8 @@ class DriverKilled(unittest.TestCase):
         results = pd.read_parquet(exp / "results.parquet")
         self.assertFalse(results.duplicated(["trial_id", "epoch"]).any())
         # Ray 2.60 leaves its DashboardAgent and RuntimeEnvAgent behind a SIGKILLed driver
-        # (TUNING.md); the search's watchdog stops them, so nothing may outlive the driver.
+        # (docs/tuning_notes.md, section 10); the search's watchdog stops them, so nothing may
+        # outlive the driver.
         self.assertEqual(names, [], "Ray processes outlived the killed driver")
         self.assertTrue(
             running,

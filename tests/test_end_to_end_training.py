@@ -1,13 +1,13 @@
 """End to end on the tiny demo suite: a short staggered run (tu = 10) must really learn.
 
-"Beats the constant baseline" alone is too weak (DESIGN.md, "Tests that can fail for the right
-reason"): over long rollouts the constant baseline costs about twice the variance. So on every
+"Beats the constant baseline" alone is too weak, a test that could pass for the wrong
+reason: over long rollouts the constant baseline costs about twice the variance. So on every
 cross-val dataset the run's result must be finite, not diverged, below 0.25 x the constant
 baseline, below a per-neuron-mean baseline, and below the same model before training.
 
 The run's result is its best epoch (checkpoints/best.pt, what train and every trial deliver;
-METHOD.md sec 8 keeps it because the lab's intermediate epochs generalised better than the
-last). With lr 1e-3 on the tiny data single epochs still swing, so the test reads the best
+docs/method.md, section 8.5 keeps it because the lab's intermediate epochs generalised better
+than the last). With lr 1e-3 on the tiny data single epochs still swing, so the test reads the best
 checkpoint back from disk and checks it, and checks the last epoch only for a lower loss.
 """
 

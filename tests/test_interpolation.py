@@ -11,7 +11,7 @@ from latent_tune.data.interpolation import interpolate_rows, interpolate_stagger
 
 
 def reference(x: torch.Tensor, phases: torch.Tensor, tu: int, mode: str) -> torch.Tensor:
-    """Slow per-entry loop written straight from METHOD.md sec 4 (edges hold)."""
+    """Slow per-entry loop written straight from docs/method.md, section 4 (edges hold)."""
     n_rows, n_neurons = x.shape
     out = torch.empty_like(x)
     for i in range(n_neurons):

@@ -65,7 +65,7 @@ def loop_presyn_mask(targets: list[int]) -> torch.Tensor:
 
 
 def reference_staggered(model, x, x_interp, stim, t0, acq, horizon, tv_coeff):
-    """Plain loop over k, b, i with the mask written as in METHOD.md sec 6."""
+    """Plain loop over k, b, i with the mask written as in docs/method.md, section 6.1."""
     tu = acq.effective_tu
     phi = acq.phases
     z = model.encode(x_interp[t0])

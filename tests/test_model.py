@@ -48,7 +48,7 @@ class TestMLPWithSkips(unittest.TestCase):
                 self.assertIsInstance(mlp.output_layer, torch.nn.Linear)
 
     def test_formula_matches_lab_spec(self) -> None:
-        # lab_code_spec sec 4.1, written out literally
+        # the MLPWithSkips formula of docs/method.md, section 5, written out literally
         def lab(d: int, o: int, h: int, n: int) -> int:
             return (
                 n * (d * h + h)

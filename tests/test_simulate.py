@@ -1,9 +1,10 @@
 """The demo-data simulator: suite layout, determinism, and dynamics that make the search matter.
 
 Why these checks: a prototype simulator was so easy that every setting looked alike
-(METHOD.md section 2). So besides format and determinism, these tests pin down that the data are
-stimulus-driven AND carry a recurrent, noise-driven part, that types differ, that the scale fits
-the divergence threshold (METHOD.md section 8) and that staggered acquisition gets harder with tu.
+(docs/method.md, section 2). So besides format and determinism, these tests pin down that the
+data are stimulus-driven AND carry a recurrent, noise-driven part, that types differ, that the
+scale fits the divergence threshold (docs/method.md, section 8) and that staggered acquisition
+gets harder with tu.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ SMALL = {"train_steps": 900, "crossval_steps": 400, "burn_in": 100, "val_steps":
 
 
 def staggered_linear(x: np.ndarray, tu: int, seed: int = 0) -> np.ndarray:
-    """Reference staggered linear interpolation (METHOD.md sec 4; edges hold), numpy."""
+    """Reference staggered linear interpolation (docs/method.md, section 4; edges hold), numpy."""
     t_len, n = x.shape
     phi = np.random.default_rng(seed).integers(0, tu, n)
     t = np.arange(t_len)[:, None]

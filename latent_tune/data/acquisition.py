@@ -1,4 +1,4 @@
-"""Acquisition modes: which neuron is observed at which step (METHOD.md sec 3).
+"""Acquisition modes: which neuron is observed at which step (docs/method.md, section 3).
 
 Phases are drawn from a seeded CPU generator so that the same seed gives the same phases on
 every device (the lab's CUDA-generator phases differed from CPU ones); the run saves them.

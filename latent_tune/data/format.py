@@ -1,6 +1,6 @@
 """The on-disk dataset and suite formats: file names, header and manifest schemas, Arrow layout.
 
-A dataset is a directory (DESIGN.md "Files and folders"):
+A dataset is a directory (docs/method.md, section 1):
 
     dataset.yaml         header (DatasetHeader)
     <quantity>.arrow     (T, N) float32 activity, one per quantity

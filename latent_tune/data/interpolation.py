@@ -1,4 +1,4 @@
-"""Staggered interpolation to an aligned grid (METHOD.md sec 4).
+"""Staggered interpolation to an aligned grid (docs/method.md, section 4).
 
 Each neuron is observed every `tu` rows at its own phase; the model's encoder needs a full frame,
 so the missing entries are filled from the neuron's own observations only:

@@ -40,7 +40,7 @@ def open_arrow_rows(path: Path, key: str, n_rows: int, width: int) -> np.ndarray
     """Map an activity/stimulus Arrow file and return its (n_rows, width) read-only view.
 
     The array's memory is the memory map itself (no copy); every layout rule of
-    DESIGN.md is checked and a violation raises UserInputError(path, key, ...).
+    the format (docs/method.md, section 1) is checked; a violation raises UserInputError.
     """
     if not path.is_file():
         raise UserInputError(path, key, "missing file")

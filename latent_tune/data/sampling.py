@@ -1,4 +1,4 @@
-"""Seeded chunk, batch-start and evaluation-start sampling (METHOD.md sec 3, 4, 7, 8).
+"""Seeded chunk, batch-start and evaluation-start sampling (docs/method.md, sections 3, 4, 7, 8).
 
 Everything draws from a CPU torch.Generator so a run is reproducible from its seed on any
 device (the lab's chunk order was unseeded). Returns CPU int64 tensors / Python ints.

@@ -1,7 +1,7 @@
 """Demo-data simulator: a connectome-constrained rate network of cell types on hexagonal columns.
 
 Why: the main command must run anywhere without the lab's data, and the search needs data that
-is hard in the same ways as the lab's (METHOD.md section 2): photoreceptor-like input types
+is hard in the same ways as the lab's (docs/method.md, section 2): photoreceptor-like input types
 driven by stimulus movies, a sparse signed connectome from type-to-type rules with spatial
 offsets, slow and fast types, a strongly recurrent module whose activity the stimulus alone does
 not explain, process and measurement noise, and a low-pass (noisier) calcium quantity.
@@ -15,7 +15,7 @@ then the Euler map is a contraction in a weighted max-norm, so every run is boun
 its initial state (stable over any horizon, whatever the stimulus). Photoreceptors adapt to the
 local mean luminance; the recurrent module also receives spatially smooth shared noise (input
 from unmodelled areas). Each type's feedforward gain and the module's noise are calibrated on
-short noise-free / noise-only runs so every seed lands on the METHOD.md sec 8 scale.
+short noise-free / noise-only runs: each seed lands on the lab's scale (docs/method.md, section 2).
 
 The network itself (presets, cell types, wiring) is in `latent_tune.data.network`, the stimulus
 movies in `latent_tune.data.stimulus`; this module runs the dynamics and writes suites.
@@ -79,8 +79,9 @@ def _type_std(net: Network, x: np.ndarray) -> np.ndarray:
 
 def _calibrate(net: Network, p: SimPreset, seed: int) -> Network:
     """Set each type's scale from short noise-free and noise-only runs (why: random wiring
-    alone gives types from silent to exploding; the search needs every seed on the METHOD.md
-    sec 8 scale, with a module whose activity is partly stimulus-driven, partly internal).
+    alone gives types from silent to exploding; the search needs every seed on the lab's
+    scale (docs/method.md, section 2), with a module whose activity is partly stimulus-driven,
+    partly internal).
 
     Feedforward weights into a type scale its stimulus-driven std toward a per-type target
     (they lie on no cycle, so stability is untouched); the module's shared noise scales its

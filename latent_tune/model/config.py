@@ -1,4 +1,4 @@
-"""Model configuration (lab defaults, DESIGN.md "Training config skeleton")."""
+"""Model configuration (the lab's defaults; docs/method.md, section 5)."""
 
 from __future__ import annotations
 

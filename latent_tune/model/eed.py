@@ -1,4 +1,4 @@
-"""Encoder-evolver-decoder latent dynamics model (METHOD.md sec 5, lab_code_spec sec 4.2)."""
+"""Encoder-evolver-decoder latent dynamics model (docs/method.md, section 5)."""
 
 from __future__ import annotations
 

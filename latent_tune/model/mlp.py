@@ -1,4 +1,4 @@
-"""MLP with input skips, the building block of every EED module (METHOD.md sec 5).
+"""MLP with input skips, the building block of every EED module (docs/method.md, section 5).
 
 a_0 = x; a_l = act(W_l [a_{l-1}, P_l x + c_l] + b_l); y = W_out [a_Lh, P_f x + c_f] + b_out.
 The lab found input skips both more accurate and the only stable evolver architecture.
@@ -71,7 +71,7 @@ class MLPWithSkips(nn.Module):
 
     @staticmethod
     def param_count(in_dims: int, out_dims: int, hidden_units: int, hidden_layers: int) -> int:
-        """Parameter count (lab_code_spec sec 4.1 formula) without building the module."""
+        """Parameter count (formula in docs/method.md, section 5) without building the module."""
         d, o, h, n = in_dims, out_dims, hidden_units, hidden_layers
         if n == 0:
             return d * o + o

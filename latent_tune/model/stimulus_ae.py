@@ -1,4 +1,4 @@
-"""Stimulus auto-encoder for optional pretraining of the stimulus encoder (METHOD.md sec 5).
+"""Stimulus auto-encoder, optional pretraining of the stimulus encoder (docs/method.md, section 5).
 
 Its encoder has exactly the shape of EEDModel.stimulus_encoder so the pretrained weights load
 straight into the EED model (which then freezes them).

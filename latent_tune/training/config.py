@@ -3,7 +3,7 @@
 Why: a search space tunes any leaf (``training.time_units``, ``loss.tv_coeff``) by its dotted
 path with no glue code, and a bad file or override must fail before any work starts with one
 line naming the file and the key (``UserInputError``). Defaults are the lab's YAML values
-(DESIGN.md, "Training config skeleton").
+(docs/method.md, section 7).
 """
 
 from __future__ import annotations

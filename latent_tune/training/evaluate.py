@@ -1,11 +1,11 @@
-"""Open-loop rollout evaluation, its metrics and the cross-validation objective (METHOD.md sec 8).
+"""Open-loop rollout evaluation, its metrics, the cross-val objective (docs/method.md, section 8).
 
 Why this shape: at lab scale a (starts x 2000 steps x N) error array is 1-4 GB, which the lab
 copied to the host every epoch. Here the rollout runs batched over starts in blocks of steps
 and every block is reduced on the device at once to neuron-mean curves (starts x steps) plus
 running per-neuron moments; only those small results ever leave the device.
 
-Index convention (lab_code_spec 7.1 step 3, the same as training's decode-before-evolve): z_0 =
+Index convention (docs/method.md, section 8.2; training's decode-before-evolve): z_0 =
 Enc(X~[start]); z_{k+1} = z_k + f([z_k, u_{start+k}]); curve index k is the prediction Dec(z_{k+1})
 for time start + k + 1. All baselines use the same index -> time map, so a curve's training
 points sit at indices m*tu - 1 for every curve alike.
@@ -85,7 +85,7 @@ def _latent_rollout(
 class DatasetEval:
     """Everything one dataset's evaluation produced: scalar metrics plus small host curves.
 
-    ``metrics`` holds plain floats (METHOD.md sec 8 names). Curves are CPU float32:
+    ``metrics`` holds plain floats (names of docs/method.md, section 8.3). Curves are CPU float32:
     ``curves`` (n_starts, steps) neuron-mean MSE per start and step, ``constant_curve`` (steps,)
     the constant baseline averaged over starts, ``short`` name -> (min(250, steps),) curves
     averaged over starts for "model" and each of ``BASELINES``. ``scatter`` / ``traces`` are
@@ -117,7 +117,7 @@ def stability_metrics(
     *,
     prefix: str = STABILITY_PREFIX,
 ) -> dict[str, float]:
-    """The lab's stability metrics (lab_code_spec 7.4) from the worst-start curve m (steps,).
+    """Stability metrics (docs/method.md, section 8.3) from the worst-start curve m (steps,).
 
     first_divergence_step = first k with m(k) > threshold (NaN/inf count as diverged), else the
     curve length; the windows use the pre-divergence prefix m[:first] (m[:1] when it diverges at
@@ -408,7 +408,7 @@ def crossval_intervening_mse(evals: Mapping[str, DatasetEval], penalty_factor: f
 def crossval_objective(
     evals: Mapping[str, DatasetEval], penalty_factor: float
 ) -> dict[str, float | bool]:
-    """The Tune objective (METHOD.md sec 8): mean over datasets of the penalised rollout MSE.
+    """Tune objective (docs/method.md, section 8.4): mean over datasets of penalised rollout MSE.
 
     v_d = mse_overall, replaced by penalty_factor x constant_mse_overall when the rollout was
     non-finite or worse than that; ``diverged`` if any dataset was penalised or its worst start

@@ -1,4 +1,4 @@
-"""Diagnostic figures of METHOD.md sec 8, under the lab's names (matplotlib, Agg, no display).
+"""Diagnostic figures (docs/method.md, section 8.6) under the lab's names (matplotlib, Agg).
 
 Every function takes small host arrays (curves already reduced on the device by the evaluation:
 steps x starts, or one segment of a handful of neurons) and returns a Figure built without pyplot
@@ -97,7 +97,7 @@ def short_rollout_mse(
     """First SHORT_WINDOW steps with training points (m*tu - 1) marked, and the baselines.
 
     All curves are (steps,) indexed so that index k is time start + k + 1 (aligned with the
-    model curve, METHOD.md sec 8 "Change").
+    model curve; docs/method.md, section 10).
     """
     n = min(SHORT_WINDOW, len(model))
     k = np.arange(n)

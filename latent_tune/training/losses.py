@@ -1,4 +1,4 @@
-"""Training losses (METHOD.md sec 6): staggered masked EVOLVE, aligned RECON/EVOLVE, TV, AUG, REG.
+"""Training losses (docs/method.md, section 6): staggered EVOLVE, aligned RECON/EVOLVE, TV/AUG/REG.
 
 Every term comes back separately in a dict (so each is logged as ``Loss/train_<term>``) with
 ``total`` their sum. Work is vectorised over batch and neurons: targets and stimuli of the

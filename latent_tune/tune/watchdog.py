@@ -1,7 +1,8 @@
 """Stop a local search's Ray processes when its driver dies without shutting Ray down.
 
 Why: after a SIGKILL of the `search` process, Ray 2.60 leaves its DashboardAgent and
-RuntimeEnvAgent running (TUNING.md). `start_local_ray` starts this watchdog beside the driver;
+RuntimeEnvAgent running (docs/tuning_notes.md, section 10). `start_local_ray` starts this
+watchdog beside the driver;
 while the driver lives it records the processes of the driver's own Ray session (children of the
 driver whose command line names the session dir, and all their descendants, with their start
 times); when the driver is gone it stops exactly those that are still alive. It never touches a
