@@ -383,6 +383,18 @@ def write_hparams_view(
     writer.close()
 
 
+def copy_export_files(src: Path, out: Path) -> None:
+    """A trial checkpoint's files under their export names (best/: model, trainer, config)."""
+    for name, dst in (
+        (BEST_MODEL_FILE, "model.pt"),
+        (TRAINER_FILE, "trainer.pt"),
+        (CONFIG_FILE, "config.yaml"),
+        (META_FILE, "checkpoint_meta.json"),
+    ):
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / dst)
+
+
 def _export_best(
     record: TrialRecord,
     trial_row: Mapping[str, Any],
@@ -395,14 +407,7 @@ def _export_best(
         return False
     with record.checkpoint.as_directory() as d, atomic_dir(out) as tmp:
         src = Path(d)
-        for name, dst in (
-            (BEST_MODEL_FILE, "model.pt"),
-            (TRAINER_FILE, "trainer.pt"),
-            (CONFIG_FILE, "config.yaml"),
-            (META_FILE, "checkpoint_meta.json"),
-        ):
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / dst)
+        copy_export_files(src, tmp)
         summary = {
             "trial_id": record.trial_id,
             "metric": metric,

@@ -32,7 +32,7 @@ from latent_tune.tune.results import (
     write_objective_record,
 )
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
-from latent_tune.tune.space import Objective
+from latent_tune.tune.space import Objective, SearchSpace
 from latent_tune.tune.stoppers import SearchStopper
 
 __all__ = ["build_tuner", "check_plan_capacity", "print_where", "run_search", "write_html"]
@@ -74,25 +74,30 @@ def build_tuner(plan: Plan) -> tuple[tune.Tuner, SearchStopper]:
             else None,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=plan.name,
-            storage_path=plan.storage,
-            stop=stopper,
-            verbose=0,
-            callbacks=[
-                Progress(sp.objective.metric, sp.objective.mode),
-                CSVLoggerCallback(),
-                JsonLoggerCallback(),
-                CheckpointPruner(sp.checkpoint.keep),
-            ],
-            # retention by CheckpointPruner: Ray's num_to_keep can delete a PBT donor's
-            # checkpoint before the exploiting trial has restored from it
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=sp.trials.max_failures),
-            sync_config=tune.SyncConfig(sync_artifacts=True),
-        ),
+        run_config=run_config(sp, plan.name, plan.storage, stopper),
     )
     return tuner, stopper
+
+
+def run_config(sp: SearchSpace, name: str, storage: str, stop: Any = None) -> tune.RunConfig:
+    """The RunConfig of every Tune run of the service (a search and its verification)."""
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage,
+        stop=stop,
+        verbose=0,
+        callbacks=[
+            Progress(sp.objective.metric, sp.objective.mode),
+            CSVLoggerCallback(),
+            JsonLoggerCallback(),
+            CheckpointPruner(sp.checkpoint.keep),
+        ],
+        # retention by CheckpointPruner: Ray's num_to_keep can delete a PBT donor's
+        # checkpoint before the exploiting trial has restored from it
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        failure_config=tune.FailureConfig(max_failures=sp.trials.max_failures),
+        sync_config=tune.SyncConfig(sync_artifacts=True),
+    )
 
 
 def _resume_command(plan: Plan, args: argparse.Namespace) -> str:

@@ -20,12 +20,10 @@ from typing import Any
 import pandas as pd
 import ray
 from ray import tune
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from latent_tune.atomic import atomic_write_text
 from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.tune.capacity import check_capacity, node_capacities
-from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.files import TRIALS_FILE
 from latent_tune.tune.progress import Progress
 from latent_tune.tune.ray_session import (
@@ -38,6 +36,7 @@ from latent_tune.tune.ray_session import (
 from latent_tune.tune.records import SPACE_FILE
 from latent_tune.tune.resolve import META_KEY, resolve_trainable
 from latent_tune.tune.results import error_text
+from latent_tune.tune.run import run_config
 from latent_tune.tune.space import SearchSpace, load_space
 from latent_tune.tune.verify_plan import (
     DEFAULT_SEEDS,
@@ -143,20 +142,7 @@ def _tuner(plan: VerifyPlan) -> tune.Tuner:
             max_concurrent_trials=sp.trials.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=tune.RunConfig(
-            name=plan.name,
-            storage_path=plan.storage,
-            verbose=0,
-            callbacks=[
-                Progress(sp.objective.metric, sp.objective.mode),
-                CSVLoggerCallback(),
-                JsonLoggerCallback(),
-                CheckpointPruner(sp.checkpoint.keep),
-            ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=sp.trials.max_failures),
-            sync_config=tune.SyncConfig(sync_artifacts=True),
-        ),
+        run_config=run_config(sp, plan.name, plan.storage),
     )
 
 

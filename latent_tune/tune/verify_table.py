@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latent_tune.atomic import atomic_dir, atomic_file
-from latent_tune.tune.files import BEST_DIR, BEST_MODEL_FILE, CONFIG_FILE, META_FILE, TRAINER_FILE
-from latent_tune.tune.results import param_labels
+from latent_tune.tune.files import BEST_DIR
+from latent_tune.tune.results import copy_export_files, param_labels
 from latent_tune.tune.verify_stats import paired_interval, spearman, spread
 
 __all__ = [
@@ -309,14 +309,7 @@ def export_winner(exp_dir: Path, run: RunResult, row: Mapping[str, Any], metric:
     out = exp_dir / BEST_DIR
     with run.checkpoint.as_directory() as d, atomic_dir(out) as tmp:
         src = Path(d)
-        for name, dst in (
-            (BEST_MODEL_FILE, "model.pt"),
-            (TRAINER_FILE, "trainer.pt"),
-            (CONFIG_FILE, "config.yaml"),
-            (META_FILE, "checkpoint_meta.json"),
-        ):
-            if (src / name).is_file():
-                shutil.copy2(src / name, tmp / dst)
+        copy_export_files(src, tmp)
         summary = {
             "verified": True,
             "trial_id": run.config_id,
