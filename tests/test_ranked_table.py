@@ -133,3 +133,26 @@ class BaselinesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AdoptedTrialBestTest(unittest.TestCase):
+    def test_best_is_taken_after_the_last_pbt_exploit(self) -> None:
+        """A PBT clone's epochs before its exploit belong to weights it threw away: its best
+        (and so its rank and best/ export) comes from the epochs since (review: the ranked
+        value did not describe the exported model)."""
+        rows = pd.DataFrame(
+            {
+                "epoch": [1, 2, 3, 4],
+                "crossval_rollout_mse": [0.05, 0.2, 0.15, 0.12],
+                "penalised": [False] * 4,
+                "adopted_at_epoch": [0, 0, 2, 2],
+            }
+        )
+        rec = TrialRecord("clone", rows, "TERMINATED", None, None, None)
+        table = trials_table([rec], "crossval_rollout_mse", "min", [], max_epochs=4)
+        self.assertEqual(table.loc[0, "best_crossval_rollout_mse"], 0.12)
+        self.assertEqual(table.loc[0, "best_epoch"], 4)
+        no_exploit = rows.assign(adopted_at_epoch=0)
+        rec = TrialRecord("plain", no_exploit, "TERMINATED", None, None, None)
+        table = trials_table([rec], "crossval_rollout_mse", "min", [], max_epochs=4)
+        self.assertEqual(table.loc[0, "best_epoch"], 1)

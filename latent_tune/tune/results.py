@@ -235,6 +235,11 @@ def _valid(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     ok = vals.notna() & vals.map(lambda v: math.isfinite(v) if pd.notna(v) else False)
     if "penalised" in rows.columns:
         ok &= ~rows["penalised"].fillna(False).astype(bool)
+    if "adopted_at_epoch" in rows.columns:
+        # after a PBT exploit the trial's weights are its donor's: only its epochs since then
+        # describe the model its checkpoint (and best/) holds
+        adopted = pd.to_numeric(rows["adopted_at_epoch"], errors="coerce").fillna(0).iloc[-1]
+        ok &= pd.to_numeric(rows["epoch"], errors="coerce") > adopted
     return rows[ok]
 
 
