@@ -22,6 +22,7 @@ from latent_tune.training.levers import ModelEMA, ema_decay_at, lr_factor
 from latent_tune.training.trainer import Trainer
 from latent_tune.training.trainer_state import STATE_FORMAT
 from latent_tune.tune.files import TRAINER_FILE
+from latent_tune.tune.smoothing import Smoother
 from latent_tune.tune.trainable import _restore
 from tests.test_trainer import _SuiteCase
 
@@ -220,7 +221,7 @@ class TestOldStateRefused(_SuiteCase):
         t = Trainer(self.config("training.epochs=1"), None, "cpu")
         ckpt = tune.Checkpoint.from_directory(str(ckpt_dir))
         with self.assertRaises(UserInputError) as cm:
-            _restore(t, ckpt, trial_dir, {}, "trial_1")
+            _restore(t, ckpt, trial_dir, {}, "trial_1", smoother=Smoother.from_spec(None))
         msg = str(cm.exception)
         self.assertEqual(len(msg.splitlines()), 1)
         self.assertIn(str(ckpt_dir / TRAINER_FILE), msg)
