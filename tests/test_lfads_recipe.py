@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import unittest
 from dataclasses import replace
@@ -25,7 +23,6 @@ import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from latent_tune.data.simulate import simulate_suite
 from latent_tune.errors import UserInputError
 from latent_tune.training.checkpoint import load_state
 from latent_tune.training.config import load_config
@@ -37,6 +34,7 @@ from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import start_local_ray
 from tests.ray_cluster import QUIET
 from tests.test_end_to_end_training import neuron_mean_mse
+from tests.test_recipes import _TinySuite as _RecipeSuite
 from tests.tiny_search import run_search, tiny_overrides, tiny_space, write_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,21 +53,8 @@ FAST = [
 ]
 
 
-class _TinySuite(unittest.TestCase):
-    tmp: Path
-    suite: Path
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        cls.tmp = Path(tempfile.mkdtemp(prefix="lt-lfads-"))
-        cls.suite = simulate_suite(cls.tmp / "suite", preset="tiny", seed=0)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-        torch.set_num_threads(cls.threads)
+class _TinySuite(_RecipeSuite):
+    """The recipe tests' tiny suite (one per class), with the LFADS tiny config."""
 
     def config(self, *overrides: str) -> LFADSConfig:
         return load_config(TINY, [f"data.suite={self.suite}", *overrides])
