@@ -7,7 +7,8 @@ import unittest
 import pandas as pd
 
 from latent_tune.train import _epoch_line
-from latent_tune.tune.results import TrialRecord, format_ranked, param_labels, trials_table
+from latent_tune.tune.ranked_table import format_ranked, param_labels
+from latent_tune.tune.results import TrialRecord, trials_table
 
 
 class ParamLabelsTest(unittest.TestCase):

@@ -20,6 +20,7 @@ import yaml
 from latent_tune.atomic import atomic_write_text
 from latent_tune.tune.experiment import Experiment, load_experiment
 from latent_tune.tune.importance import FEW_TRIALS, Importances, compute_importances
+from latent_tune.tune.ranked_table import param_labels
 from latent_tune.tune.report_figures import (
     asha_rungs,
     importance_bars,
@@ -28,7 +29,6 @@ from latent_tune.tune.report_figures import (
     parallel_coordinates,
     pbt_lineage,
 )
-from latent_tune.tune.results import param_labels
 
 __all__ = ["render_html", "write_report_html"]
 

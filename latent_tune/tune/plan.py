@@ -18,8 +18,8 @@ from latent_tune.bundled import bundled_dir
 from latent_tune.errors import UserInputError
 from latent_tune.tune.distributions import total_trials
 from latent_tune.tune.preview import TPE_STARTUP, preview_trials
+from latent_tune.tune.ranked_table import param_labels
 from latent_tune.tune.resolve import Resolved, resolve
-from latent_tune.tune.results import param_labels
 from latent_tune.tune.space import find_space_file, load_space
 
 __all__ = ["Plan", "make_plan", "print_plan", "storage_location"]

@@ -23,7 +23,8 @@ from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.tune.experiment import VERIFIED_COLUMNS, VERIFIED_FILE
 from latent_tune.tune.files import OBJECTIVE_FILE, TRIALS_FILE
 from latent_tune.tune.html_report import write_report_html
-from latent_tune.tune.results import format_ranked, rank_trials, records_from_dir, trials_table
+from latent_tune.tune.ranked_table import format_ranked
+from latent_tune.tune.results import rank_trials, records_from_dir, trials_table
 
 __all__ = ["load_trials", "load_verified", "main", "recorded_objective"]
 

@@ -19,18 +19,15 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from latent_tune.tune.capacity import check_capacity, node_capacities
 from latent_tune.tune.checkpoints import CheckpointPruner
 from latent_tune.tune.distributions import param_space, total_trials
+from latent_tune.tune.export import export_all, write_objective_record
 from latent_tune.tune.html_report import write_report_html
 from latent_tune.tune.plan import Plan
 from latent_tune.tune.progress import Progress
+from latent_tune.tune.ranked_table import format_ranked
 from latent_tune.tune.ray_session import dashboard_login_hint
 from latent_tune.tune.records import SPACE_FILE, write_search_records
 from latent_tune.tune.resolve import make_trial_fn
-from latent_tune.tune.results import (
-    export_all,
-    format_ranked,
-    records_from_grid,
-    write_objective_record,
-)
+from latent_tune.tune.results import records_from_grid
 from latent_tune.tune.schedulers import TIME_ATTR, build_scheduler, build_searcher
 from latent_tune.tune.space import Objective, SearchSpace
 from latent_tune.tune.stoppers import SearchStopper

@@ -21,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from latent_tune.atomic import atomic_dir, atomic_file
+from latent_tune.tune.export import copy_export_files
 from latent_tune.tune.files import BEST_DIR
-from latent_tune.tune.results import copy_export_files, param_labels
+from latent_tune.tune.ranked_table import param_labels
 from latent_tune.tune.verify_stats import paired_interval, spearman, spread
 
 __all__ = [
