@@ -28,7 +28,7 @@ import numpy as np
 from bench_training import CONFIGS as SIZE_CONFIGS
 from bench_training import bench_device, device_info, emit_json
 
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,9 +25,11 @@ from bench_training import bench_device, device_info, emit_json, random_data, sh
 from bench_training import timed as timed_calls
 
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import TrainConfig, load_config
+from latent_tune.training.config_loading import load_config
+from latent_tune.training.eed_config import TrainConfig
 from latent_tune.training.evaluate import evaluate_dataset
-from latent_tune.training.losses import phase_classes, staggered_loss
+from latent_tune.training.losses import staggered_loss
+from latent_tune.training.masked_decode import phase_classes
 from latent_tune.training.precision import bf16_autocast
 
 REPO = Path(__file__).resolve().parents[1]

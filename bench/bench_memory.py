@@ -32,9 +32,11 @@ from latent_tune.data.interpolation import interpolate_rows
 from latent_tune.data.network import PRESETS
 from latent_tune.data.stimulus import FAMILIES
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import TrainConfig, load_config
+from latent_tune.training.config_loading import load_config
+from latent_tune.training.eed_config import TrainConfig
 from latent_tune.training.evaluate import evaluate_dataset
-from latent_tune.training.losses import phase_classes, staggered_loss
+from latent_tune.training.losses import staggered_loss
+from latent_tune.training.masked_decode import phase_classes
 
 REPO = Path(__file__).resolve().parents[1]
 LAB_CONFIG = REPO / "trainables" / "eed_staggered.yaml"

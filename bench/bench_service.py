@@ -26,7 +26,7 @@ import torch
 import yaml
 
 from latent_tune.search import main as search_main
-from latent_tune.training.config import apply_overrides, validate_config
+from latent_tune.training.config_loading import apply_overrides, validate_config
 from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import ensure_loopback_switch, start_local_ray
 

@@ -40,7 +40,7 @@ from bench_training import device_info, emit_json
 
 from latent_tune.errors import UserInputError, run_cli
 from latent_tune.train import resolve_config_path
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVE = "crossval_rollout_mse"

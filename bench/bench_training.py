@@ -36,7 +36,8 @@ from latent_tune.data.interpolation import interpolate_staggered
 from latent_tune.data.network import PRESETS
 from latent_tune.data.simulate import build_network
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import TrainConfig, load_config
+from latent_tune.training.config_loading import load_config
+from latent_tune.training.eed_config import TrainConfig
 from latent_tune.training.evaluate import evaluate_dataset
 from latent_tune.training.losses import aligned_loss, staggered_loss
 

@@ -29,7 +29,7 @@ from bench_training import bench_device, device_info, emit_json
 
 from latent_tune.data.network import PRESETS
 from latent_tune.data.simulate import simulate_suite
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,8 @@ from latent_tune.atomic import atomic_write_text
 from latent_tune.bundled import bundled_file
 from latent_tune.errors import CliParser, UserInputError, run_cli
 from latent_tune.training.checkpoint import save_state
-from latent_tune.training.config import BaseTrainConfig, flatten, load_config
+from latent_tune.training.config import BaseTrainConfig
+from latent_tune.training.config_loading import flatten, load_config
 from latent_tune.training.trainer import Trainer
 
 __all__ = ["main", "resolve_config_path", "run_training"]

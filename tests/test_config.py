@@ -9,15 +9,14 @@ from pathlib import Path
 import yaml
 
 from latent_tune.errors import UserInputError
-from latent_tune.training.config import (
-    TrainConfig,
+from latent_tune.training.config_loading import (
     apply_overrides,
-    config_paths,
     flatten,
     load_config,
     parse_overrides,
     validate_config,
 )
+from latent_tune.training.eed_config import TrainConfig, config_paths
 
 # The lab's training config written out in full (defaults: docs/method.md, section 7).
 SKELETON = """

@@ -24,7 +24,7 @@ import torch
 
 from latent_tune.data.simulate import simulate_suite
 from latent_tune.training.checkpoint import load_state
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.data import EvalSet
 from latent_tune.training.evaluate import STABILITY_PREFIX
 from latent_tune.training.trainer import Trainer

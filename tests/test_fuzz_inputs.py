@@ -30,7 +30,7 @@ from latent_tune.data.reader import Dataset
 from latent_tune.data.simulate import simulate_suite
 from latent_tune.search import main as search_main
 from latent_tune.train import main as train_main
-from latent_tune.training.config import TrainConfig
+from latent_tune.training.eed_config import TrainConfig
 from latent_tune.tune.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import numpy as np
 from latent_tune.data.importer_arrays import ArraySource, import_arrays, parse_source
 from latent_tune.data.reader import Dataset
 from latent_tune.errors import UserInputError
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.data import clear_suite_cache, load_run_data
 from latent_tune.training.trainer import Trainer
 from tests.test_data_cli import run_main

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from latent_tune.errors import UserInputError
 from latent_tune.training.checkpoint import load_state
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.data import EvalSet
 from latent_tune.training.evaluate import STABILITY_PREFIX
 from latent_tune.training.recipes.lfads import LFADSConfig, LFADSRecipe

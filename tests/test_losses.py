@@ -10,17 +10,9 @@ from latent_tune.data.acquisition import make_acquisition
 from latent_tune.data.interpolation import interpolate_staggered
 from latent_tune.model.config import ModelConfig
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import L1Config, LossConfig
-from latent_tune.training.losses import (
-    AugSampler,
-    Connectome,
-    aligned_loss,
-    aug_term,
-    l1_term,
-    observation_due,
-    staggered_loss,
-    tv_term,
-)
+from latent_tune.training.eed_config import L1Config, LossConfig
+from latent_tune.training.losses import aligned_loss, observation_due, staggered_loss
+from latent_tune.training.regularisers import AugSampler, Connectome, aug_term, l1_term, tv_term
 
 N, S, T = 7, 3, 80
 

@@ -10,10 +10,12 @@ from latent_tune.data.acquisition import Acquisition, make_acquisition
 from latent_tune.data.interpolation import interpolate_staggered
 from latent_tune.model.config import ModelConfig
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import AugConfig, L1Config, LossConfig
+from latent_tune.training.eed_config import AugConfig, L1Config, LossConfig
 from latent_tune.training.evaluate import DatasetEval, evaluate_dataset
-from latent_tune.training.losses import AugSampler, Connectome, phase_classes, staggered_loss
+from latent_tune.training.losses import staggered_loss
+from latent_tune.training.masked_decode import phase_classes
 from latent_tune.training.precision import bf16_autocast
+from latent_tune.training.regularisers import AugSampler, Connectome
 
 N, S, T = 23, 4, 160
 PRE = [1, 2, 4, 0, 6, 1, 3, 10, 11, 12, 20, 22]

@@ -25,7 +25,7 @@ import yaml
 from latent_tune.data.simulate import simulate_suite
 from latent_tune.errors import UserInputError
 from latent_tune.train import main as train_main
-from latent_tune.training.config import load_config, validate_config
+from latent_tune.training.config_loading import load_config, validate_config
 from latent_tune.training.recipes.eed import StaggeredRecipe
 from latent_tune.training.recipes.registry import resolve_recipe
 from latent_tune.training.trainer import Trainer

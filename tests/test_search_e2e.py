@@ -26,7 +26,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from latent_tune.report import main as report_main
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.preview import preview_trials
 from latent_tune.tune.space import load_space

@@ -28,7 +28,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from latent_tune.data.suite import ensure_demo_suite
 from latent_tune.errors import UserInputError
 from latent_tune.report import main as report_main
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.evaluate import STABILITY_PREFIX, DatasetEval, crossval_objective
 from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import start_local_ray

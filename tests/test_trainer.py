@@ -21,7 +21,7 @@ from latent_tune import train as train_cli
 from latent_tune.data.simulate import simulate_suite
 from latent_tune.model.eed import EEDModel
 from latent_tune.training.checkpoint import check_weights_only, load_state
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.figures import FIGURE_NAMES
 from latent_tune.training.recipes.eed import ems_effective
 from latent_tune.training.trainer import Trainer

@@ -29,7 +29,7 @@ from scipy import stats
 
 from latent_tune.search import main as search_main
 from latent_tune.train import main as train_main
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.trainer import Trainer
 from latent_tune.tune.cli import start_local_ray
 from latent_tune.tune.space import load_space

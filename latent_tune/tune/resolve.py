@@ -23,13 +23,9 @@ import yaml
 from latent_tune.bundled import bundled_dir
 from latent_tune.errors import UserInputError
 from latent_tune.sanity import check_values, load_yaml_mapping
-from latent_tune.training.config import (
-    BaseTrainConfig,
-    apply_overrides,
-    config_paths,
-    flatten,
-    validate_config,
-)
+from latent_tune.training.config import BaseTrainConfig
+from latent_tune.training.config_loading import apply_overrides, flatten, validate_config
+from latent_tune.training.eed_config import config_paths
 from latent_tune.tune.records import check_fixed_evaluation
 from latent_tune.tune.space import SearchSpace
 

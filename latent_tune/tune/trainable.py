@@ -28,7 +28,8 @@ from ray import tune
 from ray.tune.result import DONE
 
 from latent_tune.errors import UserInputError
-from latent_tune.training.config import BaseTrainConfig, flatten, validate_config
+from latent_tune.training.config import BaseTrainConfig
+from latent_tune.training.config_loading import flatten, validate_config
 from latent_tune.training.tensorboard import HPARAM_METRIC_PREFIX, write_hparams
 from latent_tune.training.trainer import Trainer
 from latent_tune.training.trainer_state import StateFormatError

@@ -18,7 +18,7 @@ import pandas as pd
 
 from latent_tune.errors import UserInputError
 from latent_tune.sanity import load_yaml_mapping
-from latent_tune.training.config import flatten, validate_config
+from latent_tune.training.config_loading import flatten, validate_config
 from latent_tune.tune.files import TRIALS_FILE
 from latent_tune.tune.plan import storage_location
 from latent_tune.tune.records import BASE_CONFIG_FILE, SPACE_FILE

@@ -18,17 +18,13 @@ from latent_tune.data.acquisition import Acquisition
 from latent_tune.data.interpolation import interpolate_rows
 from latent_tune.errors import UserInputError
 from latent_tune.model.eed import EEDModel
-from latent_tune.training.config import TrainConfig
 from latent_tune.training.data import RunData
-from latent_tune.training.losses import (
-    AugSampler,
-    Connectome,
-    aligned_loss,
-    phase_classes,
-    staggered_loss,
-)
+from latent_tune.training.eed_config import TrainConfig
+from latent_tune.training.losses import aligned_loss, staggered_loss
+from latent_tune.training.masked_decode import phase_classes
 from latent_tune.training.recipes.base import Phase, Recipe
 from latent_tune.training.recipes.eed_phases import run_recon_warmup, run_stimulus_ae
+from latent_tune.training.regularisers import AugSampler, Connectome
 
 __all__ = ["AlignedRecipe", "EEDRecipe", "StaggeredRecipe", "ems_effective"]
 

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from latent_tune.model.stimulus_ae import StimulusAutoEncoder
-from latent_tune.training.config import L1Config
 from latent_tune.training.data import TrainChunk
-from latent_tune.training.losses import l1_term, staggered_loss
+from latent_tune.training.eed_config import L1Config
+from latent_tune.training.losses import staggered_loss
+from latent_tune.training.regularisers import l1_term
 
 __all__ = ["recon_step", "run_recon_warmup", "run_stimulus_ae"]
 

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from latent_tune.data.acquisition import Acquisition
 from latent_tune.model.lfads import LFADSModel, LFADSModelConfig
-from latent_tune.training.config import BaseTrainConfig, BaseTrainingConfig, KeyedValueError
+from latent_tune.training.config import BaseTrainConfig, BaseTrainingConfig
+from latent_tune.training.config_loading import KeyedValueError
 from latent_tune.training.data import EvalSet, RunData
 from latent_tune.training.lfads_losses import (
     LFADSLossConfig,
