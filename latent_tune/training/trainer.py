@@ -16,7 +16,6 @@ phases are extra epochs run inside the first `train_epoch()` call.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import time
@@ -40,6 +39,7 @@ from latent_tune.training.diagnostics import (
     test_metrics,
     trace_neurons,
 )
+from latent_tune.training.epoch_report import log_epoch, tune_report
 from latent_tune.training.evaluate import DatasetEval
 from latent_tune.training.levers import ModelEMA, lr_factor
 from latent_tune.training.precision import bf16_autocast
@@ -48,6 +48,8 @@ from latent_tune.training.tensorboard import TBLogger
 from latent_tune.training.trainer_state import (
     STATE_FORMAT,
     StateFormatError,
+    adopt_into,
+    best_checkpoint_of,
     check_format,
     cpu_state,
     load_into,
@@ -317,16 +319,8 @@ class Trainer:
         duration = time.perf_counter() - t_start
         self.total_elapsed += duration
 
-        self.tb.train_losses(losses, index)
-        times = {"epoch_duration": duration, "total_elapsed": self.total_elapsed}
-        if evaluated:
-            times["diagnostics_duration"] = diag
-        self.tb.times(index, **times)
         extra = self.recipe.epoch_scalars(index)
-        for k, v in extra.items():
-            self.tb.scalar(f"Train/{k}", v, index)
-        self.tb.scalar("Train/lr", self.optimizer.param_groups[0]["lr"], index)
-        self.tb.flush()
+        log_epoch(self, index, losses, extra, duration=duration, diag=diag, evaluated=evaluated)
         return self.report(
             losses=losses, duration=duration, diag=diag, evaluated=evaluated, extra=extra
         )
@@ -341,38 +335,9 @@ class Trainer:
         extra: Mapping[str, int | float] | None = None,
     ) -> dict[str, float | int | bool]:
         """The flat metrics dict reported to Tune (floats, ints and bools only)."""
-        losses = self.last_losses if losses is None else losses
-        last = self.last_eval
-        out: dict[str, float | int | bool] = {
-            "epoch": int(self.epoch),
-            "crossval_rollout_mse": float(last.get("crossval_rollout_mse", math.nan)),
-            "crossval_intervening_mse": float(last.get("crossval_intervening_mse", math.nan)),
-            "diverged": bool(last.get("diverged", False)),
-            "penalised": bool(last.get("penalised", False)),
-            "best_crossval_rollout_mse": float(self.best_value),
-            "best_epoch": int(self.best_epoch),
-            "train_loss": float(losses.get("total", math.nan)),
-            "constant_rollout_mse": float(last.get("constant_rollout_mse", math.nan)),
-            "val_mse_overall": float(last.get("val_mse_overall", math.nan)),
-            "epoch_duration": float(duration),
-            "diagnostics_duration": float(diag),
-            "total_elapsed": float(self.total_elapsed),
-            "evaluated": bool(evaluated),
-            "optimizer_steps": int(self.optimizer_steps),
-            "linear_rollout_mse": float(last.get("linear_rollout_mse", math.nan)),
-            "adopted_at_epoch": int(self.adopted_at),
-            "lr_factor": float(self.lr_factor(max(0, self.schedule_step - 1))),
-        }
-        for k, v in (extra or {}).items():
-            out[k] = v
-        for k, v in losses.items():
-            out[f"train_{k}"] = float(v)
-        for k, v in last.items():
-            if k.startswith("cv_"):
-                out[k] = float(v)
-            elif k.startswith("test_"):
-                out[k] = bool(v) if isinstance(v, bool) else float(v)
-        return out
+        return tune_report(
+            self, losses=losses, duration=duration, diag=diag, evaluated=evaluated, extra=extra
+        )
 
     # ------------------------------------------------------------------ state
 
@@ -382,15 +347,7 @@ class Trainer:
 
     def best_checkpoint(self) -> dict[str, Any]:
         """A small model-only checkpoint of the best epoch (config as YAML text)."""
-        return {
-            "format": "latent_tune.best_model/1",
-            "config": self.config.to_yaml(),
-            "epoch": int(self.best_epoch),
-            "crossval_rollout_mse": float(self.best_value),
-            "penalised": bool(self.best_penalised),
-            "model": self.best_model_state(),
-            "phases": self.acq.phases.clone(),
-        }
+        return best_checkpoint_of(self)
 
     def state_dict(self) -> dict[str, Any]:
         """The complete state (weights_only-loadable: tensors, numbers, strings, lists, dicts)."""
@@ -411,13 +368,7 @@ class Trainer:
         donor's weights next to the clone's explored config. The new generator seeds derive
         from `key` (e.g. the trial id and epoch), so a retry of the same trial is still exact.
         """
-        self.load_state_dict(state)
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
-        self.generator.manual_seed(seed)
-        self.recipe.reseed(seed + 1)
-        self.best_value, self.best_epoch, self.best_penalised = math.inf, self.epoch, True
-        self.best_model = None
-        self.adopted_at = self.epoch
+        adopt_into(self, state, key)
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write state_dict() atomically to `path`."""

@@ -7,6 +7,8 @@ line instead of restoring something half right.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,8 +16,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "BEST_FORMAT",
     "STATE_FORMAT",
     "StateFormatError",
+    "adopt_into",
+    "best_checkpoint_of",
     "check_format",
     "cpu_state",
     "detached_copy",
@@ -24,6 +29,7 @@ __all__ = [
 ]
 
 STATE_FORMAT = "latent_tune.trainer/3"  # /3: the weights' EMA and the lr schedule's position
+BEST_FORMAT = "latent_tune.best_model/1"  # the model-only checkpoint of the best epoch
 
 
 class StateFormatError(ValueError):
@@ -136,3 +142,28 @@ def load_into(trainer: Any, state: Mapping[str, Any]) -> None:
     trainer.total_elapsed = float(state["total_elapsed"])
     trainer.optimizer_steps = int(state.get("optimizer_steps", 0))
     trainer.adopted_at = int(state.get("adopted_at", 0))
+
+
+def adopt_into(trainer: Any, state: Mapping[str, Any], key: str) -> None:
+    """Restore another run's `state` into `trainer` with its own data order (generators
+    reseeded from `key`) and no inherited best (see `Trainer.adopt` for why)."""
+    trainer.load_state_dict(state)
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:7], "little")
+    trainer.generator.manual_seed(seed)
+    trainer.recipe.reseed(seed + 1)
+    trainer.best_value, trainer.best_epoch, trainer.best_penalised = math.inf, trainer.epoch, True
+    trainer.best_model = None
+    trainer.adopted_at = trainer.epoch
+
+
+def best_checkpoint_of(trainer: Any) -> dict[str, Any]:
+    """A small model-only checkpoint of the best epoch (config as YAML text)."""
+    return {
+        "format": BEST_FORMAT,
+        "config": trainer.config.to_yaml(),
+        "epoch": int(trainer.best_epoch),
+        "crossval_rollout_mse": float(trainer.best_value),
+        "penalised": bool(trainer.best_penalised),
+        "model": trainer.best_model_state(),
+        "phases": trainer.acq.phases.clone(),
+    }
