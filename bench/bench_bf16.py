@@ -1,7 +1,7 @@
 """bf16 autocast's effect on the objective: the same seeded training run in float32 and in bf16.
 
     python bench/bench_bf16.py [--device cpu|cuda] [--config demo|tiny] [--epochs 6]
-        [--seeds 0,1,2] [--threads N] [--out F]
+        [--seeds 0,1,2] [--threads N] [--set KEY=VALUE ...] [--out F]
 
 Why: mixed precision is only worth offering if it does not move ``crossval_rollout_mse`` by
 more than the search can resolve. For each seed this trains the bundled config twice from the
@@ -65,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seeds", default="0,1,2", help="comma list of training seeds")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="config override of every run (e.g. a smaller run for a smoke test)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     device = bench_device(args.device, args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    base = [f"training.epochs={args.epochs}", "evaluation.figures_every=0"]
+    base = [f"training.epochs={args.epochs}", "evaluation.figures_every=0", *args.overrides]
     runs = []
     for seed in seeds:
         over = [*base, f"training.seed={seed}"]
@@ -117,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         **device_info(device),
         "config": args.config,
         "epochs": args.epochs,
+        "overrides": args.overrides,
         "summary": summary,
         "runs": runs,
     }

@@ -35,7 +35,7 @@ import torch
 from bench_training import emit_json
 
 from latent_tune.errors import UserInputError, run_cli
-from latent_tune.training.config import load_config
+from latent_tune.training.config_loading import load_config
 from latent_tune.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,12 @@ CELLS = {
         "EED", "staggered", 20, "stag_quick.yaml",
         ("space.training.time_units={choice: [20]}", _HOLD),
     ),
-    "lfads_tu10": Cell("LFADS", "lfads", 10, "lfads_quick.yaml", ("overrides.training.time_units=10",)),
-    "lfads_tu20": Cell("LFADS", "lfads", 20, "lfads_quick.yaml", ("overrides.training.time_units=20",)),
+    "lfads_tu10": Cell(
+        "LFADS", "lfads", 10, "lfads_quick.yaml", ("overrides.training.time_units=10",)
+    ),
+    "lfads_tu20": Cell(
+        "LFADS", "lfads", 20, "lfads_quick.yaml", ("overrides.training.time_units=20",)
+    ),
     "eed_aligned_tu1": Cell(
         "EED", "aligned", 1, "stag_quick.yaml",
         ("trainable=eed_aligned", "base=eed_aligned_demo.yaml",
@@ -101,7 +105,8 @@ def verify_runs(exp: Path) -> pd.DataFrame:
         last = _last_results(params.parent)
         if last is None:
             continue
-        rows.append({"config_id": str(cfg.get("config_id")), "seed": cfg.get("training.seed"), **last})
+        seed = cfg.get("training.seed")
+        rows.append({"config_id": str(cfg.get("config_id")), "seed": seed, **last})
     return pd.DataFrame(rows)
 
 

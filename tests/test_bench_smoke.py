@@ -20,8 +20,8 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "trainables" / "eed_staggered_tiny.yaml"
-# The stability bench at its smallest: tiny epochs and rollouts (the numbers mean nothing).
-STABILITY_SMALL = (
+# A training bench at its smallest: tiny epochs and rollouts (the numbers mean nothing).
+SMALL_RUN = (
     "--set", "training.chunks_per_epoch=1",
     "--set", "training.batches_per_chunk=3",
     "--set", "training.chunk_steps=1024",
@@ -91,7 +91,8 @@ class TestBenchSmoke(unittest.TestCase):
 
     def test_bf16_bench(self) -> None:
         args = ("--device", "cpu", "--config", "tiny", "--epochs", "1", "--seeds", "0,1")
-        res = run_bench("bench_bf16.py", *args, "--threads", "1", cache=self.cache)
+        res = run_bench("bench_bf16.py", *args, *SMALL_RUN, "--threads", "1", cache=self.cache)
+        self.assertIn("training.batches_per_chunk=3", res["overrides"])
         head = (res["bench"], res["config"], res["epochs"])
         self.assertEqual(head, ("bf16_objective", "tiny", 1))
         self.assertEqual([r["seed"] for r in res["runs"]], [0, 1])
@@ -119,7 +120,7 @@ class TestBenchSmoke(unittest.TestCase):
         self.assertGreater(measured["before_gb"], 0.0)
 
     def test_stability_bench(self) -> None:
-        args = (str(TINY), "--seeds", "2", "--epochs", "1", *STABILITY_SMALL, "--label", "smoke")
+        args = (str(TINY), "--seeds", "2", "--epochs", "1", *SMALL_RUN, "--label", "smoke")
         keep = self.cache / "stability-runs"
         res = run_bench("bench_stability.py", *args, "--keep", str(keep), cache=self.cache)
         self.assertEqual((res["bench"], res["label"], res["epochs"]), ("stability", "smoke", 1))

@@ -31,7 +31,7 @@ from tests.test_security import _descendants, _is_loopback, _listeners
 from tests.tiny_search import FIRST_FINISH_S, tiny_overrides, tiny_space, write_space
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 12  # long enough that trials are mid-run when the driver dies
+EPOCHS = 10  # long enough that trials are mid-run when the driver dies
 TINY = tiny_overrides(  # about 1 s per epoch on one CPU
     EPOCHS, {"training.batches_per_chunk": 60, "evaluation.divergence_threshold": 100.0}
 )
@@ -96,7 +96,7 @@ class DriverKilled(unittest.TestCase):
 
     def test_sigkill_then_resume(self) -> None:
         space = write_space(
-            self.tmp, tiny_space("kill", TINY, trials={"num_samples": 4, "max_concurrent": 2})
+            self.tmp, tiny_space("kill", TINY, trials={"num_samples": 3, "max_concurrent": 2})
         )
         storage = self.tmp / "res"
         exp = storage / "kill"
@@ -164,7 +164,7 @@ class DriverKilled(unittest.TestCase):
             rc = search_main([*argv, "--resume"])
         self.assertEqual(rc, 0, out.getvalue())
         trials = pd.read_parquet(exp / "trials.parquet")
-        self.assertEqual(len(trials), 4, trials)
+        self.assertEqual(len(trials), 3, trials)
         self.assertTrue((trials["status"] == "completed").all(), trials)
         after = _results(exp)
         for tid, data in finished.items():  # finished trials kept, not rerun
