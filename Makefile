@@ -30,8 +30,10 @@ install-dev: $(VENV)/.installed-dev
 search: $(VENV)/.installed
 	$(PY) -m latent_tune.search $(SPACE) $(ARGS)
 
+# Two test processes, one test file each at a time: most of the suite's wall time is waiting for
+# Ray to start and stop, so two overlap well even on 2 cores.
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .

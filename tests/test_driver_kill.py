@@ -33,7 +33,7 @@ from tests.tiny_search import FIRST_FINISH_S, tiny_overrides, tiny_space, write_
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 10  # long enough that trials are mid-run when the driver dies
 TINY = tiny_overrides(  # about 1 s per epoch on one CPU
-    EPOCHS, {"training.batches_per_chunk": 60, "evaluation.divergence_threshold": 100.0}
+    EPOCHS, {"training.batches_per_chunk": 25, "evaluation.divergence_threshold": 100.0}
 )
 
 
