@@ -37,6 +37,7 @@ from bench_training import emit_json
 from latent_tune.errors import UserInputError, run_cli
 from latent_tune.training.config_loading import load_config
 from latent_tune.training.trainer import Trainer
+from latent_tune.tune.verify_stats import spread
 
 REPO = Path(__file__).resolve().parents[1]
 OBJECTIVE = "crossval_rollout_mse"
@@ -111,10 +112,9 @@ def verify_runs(exp: Path) -> pd.DataFrame:
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan
+    """(mean, sd) of the finite values: the verification's own spread."""
+    mean, sd, _, _ = spread(values)
+    return mean, sd
 
 
 def param_count(config_path: Path) -> int:
