@@ -71,15 +71,18 @@ CELLS = {
         ("space.training.time_units={choice: [20]}", _HOLD, *_NO_LEVERS),
     ),
     "lfads_tu10": Cell(
-        "LFADS", "lfads", 10, "lfads_quick.yaml", ("overrides.training.time_units=10",)
+        "LFADS", "lfads", 10, "lfads_quick.yaml", ()
     ),
     "lfads_tu20": Cell(
-        "LFADS", "lfads", 20, "lfads_quick.yaml", ("overrides.training.time_units=20",)
+        "LFADS", "lfads", 20, "lfads_quick.yaml", ()
     ),
     "eed_aligned_tu1": Cell(
         "EED", "aligned", 1, "stag_quick.yaml",
         ("trainable=eed_aligned", "base=eed_aligned_demo.yaml",
-         "space.training.time_units={choice: [1]}"),
+         "space.training.time_units={choice: [1]}",
+         # the same training horizons in steps as the staggered cells (tu x ems: 20-100)
+         "space.training.evolve_multiple_steps={randint: [20, 101]}",
+         "overrides.training.evolve_multiple_steps=60", *_NO_LEVERS),
     ),
 }  # fmt: skip
 
@@ -89,7 +92,8 @@ def search_command(name: str, storage: Path, epochs: int | None) -> list[str]:
     cell = CELLS[name]
     cmd = [sys.executable, "-m", "latent_tune.search", f"search_spaces/{cell.space}"]
     cmd += ["--storage", str(storage), "--name", name, "--verify", "1"]
-    sets = [*cell.sets, f"name={name}"]
+    # The base recipe (verify's reference) runs at the cell's tu too, not the base config's.
+    sets = [*cell.sets, f"overrides.training.time_units={cell.tu}", f"name={name}"]
     if epochs is not None:
         sets.append(f"overrides.training.epochs={epochs}")
     for s in sets:
@@ -139,6 +143,11 @@ def cell_summary(name: str, storage: Path) -> dict[str, Any]:
         raise UserInputError(verified, None, f"cell {name} has no verification yet (run it first)")
     table = pd.read_parquet(verified)
     win = table.iloc[0]
+    tu = win.get("training.time_units", cell.tu)
+    if tu is not None and not pd.isna(tu) and int(tu) != cell.tu:
+        raise UserInputError(
+            verified, "training.time_units", f"cell {name}'s verified winner runs at tu {tu}"
+        )
     runs = verify_runs(exp)
     mine = runs[runs["config_id"] == str(win["trial_id"])]
     cv = [c for c in mine.columns if c.startswith("cv_") and c.endswith("_rollout_mse")]

@@ -37,6 +37,7 @@ def load_bench(name: str) -> ModuleType:
         spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
         spec.loader.exec_module(module)
         return module
     finally:
