@@ -2,6 +2,7 @@
 
     python bench/bench_stability.py CONFIG [--set k=v ...] --seeds K [--jobs J] [--epochs E]
         [--base-seed S] [--device cpu] [--keep DIR] [--out FILE.json] [--label NAME]
+    python bench/bench_stability.py --merge A.json --merge B.json [--out FILE.json] [--label NAME]
 
 Why: the per-epoch rollout objective (``crossval_rollout_mse``) of a staggered EED run can swing
 between epochs and between seeds, so a search that ranks trials on one epoch's value ranks
@@ -17,6 +18,10 @@ epochs (0.1 = a typical epoch moves the objective by ~10%). Across seeds: mean, 
 and CV of best and final, runs with a penalised evaluation (or one no better than the constant
 baseline) after epoch 2, the largest final/best, the mean volatility, and the acceptance
 criteria of a stable recipe (``criteria``).
+
+``--merge`` trains nothing: it summarises the runs of earlier measurements of the same recipe
+(same config, overrides and epochs; distinct seeds) as one, so a 5-seed screen and its 5-seed
+confirmation give the 10-seed numbers by the same code.
 """
 
 from __future__ import annotations
@@ -64,9 +69,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bench/bench_stability.py", description=__doc__.splitlines()[0])
-    p.add_argument("config", help="training config YAML (a path, or a bundled name)")
+    p.add_argument("config", nargs="?", help="training config YAML (a path, or a bundled name)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seeds", type=int, required=True, help="number of training seeds")
+    p.add_argument("--seeds", type=int, default=None, help="number of training seeds")
     p.add_argument("--base-seed", type=int, default=None, help="first seed (default: config's)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default min(K, cores))")
     p.add_argument("--epochs", type=int, default=None, help="sets training.epochs")
@@ -78,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="DIR",
         help="train nothing: summarise the run dirs a --keep DIR left (finished or not)",
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE.json",
+        help="train nothing: summarise the runs of these measurements together",
     )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--label", default=None, help="name of this measurement (default: stem)")
@@ -274,8 +287,67 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def merge(paths: Sequence[Path]) -> dict[str, Any]:
+    """Earlier measurements of one recipe as one: their runs, config and overrides."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append((path, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as exc:
+            raise UserInputError(path, None, f"not a stability measurement: {exc}") from None
+    first_path, first = parts[0]
+    runs: list[dict[str, Any]] = []
+    for path, part in parts:
+        if part.get("bench") != "stability":
+            raise UserInputError(path, "bench", "not a stability measurement")
+        for key in ("config", "epochs", "device"):
+            if part.get(key) != first.get(key):
+                raise UserInputError(
+                    path, key, f"{part.get(key)!r}, but {first_path} has {first.get(key)!r}"
+                )
+        if sorted(part["overrides"]) != sorted(first["overrides"]):
+            raise UserInputError(
+                path, "overrides", f"{part['overrides']}, but {first_path} has {first['overrides']}"
+            )
+        seen = {r["seed"] for r in runs}
+        twice = sorted(seen & {r["seed"] for r in part["runs"]})
+        if twice:
+            raise UserInputError(path, "seeds", f"seeds {twice} are already in an earlier file")
+        runs += part["runs"]
+    return {
+        "config": first["config"],
+        "overrides": first["overrides"],
+        "epochs": first["epochs"],
+        "device": first.get("device"),
+        "runs": runs,
+    }
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.merge:
+        given = [f for f, v in (("CONFIG", args.config), ("--seeds", args.seeds)) if v is not None]
+        if given or args.overrides or args.epochs is not None:
+            what = ", ".join(given or ["--set/--epochs"])
+            raise UserInputError(None, "--merge", f"takes everything from its files, not {what}")
+        merged = merge(args.merge)
+        result = {
+            "bench": "stability",
+            "label": args.label or "merged",
+            "config": merged["config"],
+            "overrides": merged["overrides"],
+            "epochs": merged["epochs"],
+            "device": merged["device"],
+            "seeds": [r["seed"] for r in merged["runs"]],
+            "merged_from": [_shown(p.resolve()) for p in args.merge],
+            "threads_per_run": 1,
+            "criteria_limits": CRITERIA,
+            "summary": summarise(merged["runs"]),
+            "runs": merged["runs"],
+        }
+        return _emit(_json_safe(result), args.out)
+    if args.config is None or args.seeds is None:
+        raise UserInputError(None, "arguments", "CONFIG and --seeds are required (or --merge)")
     if args.seeds < 1:
         raise UserInputError(None, "--seeds", f"must be >= 1, got {args.seeds}")
     config_path = resolve_config_path(args.config).resolve()
@@ -316,10 +388,13 @@ def _main(argv: Sequence[str] | None) -> int:
         "summary": summarise(runs),
         "runs": runs,
     }
-    result = _json_safe(result)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-    emit_json(result, args.out)
+    return _emit(_json_safe(result), args.out)
+
+
+def _emit(result: dict[str, Any], out: Path | None) -> int:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    emit_json(result, out)
     print(table(result), file=sys.stderr)
     return 1 if result["summary"]["failed_runs"] else 0
 

@@ -7,7 +7,9 @@ are benchmarks, not tests), only what must hold whatever the machine.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -236,6 +238,90 @@ class TestStabilityMeasures(unittest.TestCase):
         s = self.bench.summarise([running, done, missing])
         self.assertEqual((s["failed_runs"], s["incomplete_runs"]), (1, 1))
         self.assertEqual(s["final"]["mean"], 0.8)  # the finished run only
+
+
+class TestStabilityMerge(unittest.TestCase):
+    """`--merge`: earlier measurements of one recipe summarised as one (no training)."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.bench = load_bench("bench_stability")
+
+    def setUp(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory()
+        self.tmp = Path(self._tmp.name)
+
+    def tearDown(self) -> None:
+        self._tmp.cleanup()
+
+    def measurement(self, name: str, seeds: list[int], finals: list[float], **extra) -> Path:
+        row = TestStabilityMeasures.row
+        runs = [
+            self.bench.summarise_run(s, [row(1, 1.0), row(2, f)])
+            for s, f in zip(seeds, finals, strict=True)
+        ]
+        part = {
+            "bench": "stability",
+            "config": "trainables/x.yaml",
+            "overrides": ["evaluation.figures_every=0", "training.epochs=2"],
+            "epochs": 2,
+            "device": "cpu",
+            "seeds": seeds,
+            "runs": runs,
+            **extra,
+        }
+        path = self.tmp / f"{name}.json"
+        path.write_text(json.dumps(part), encoding="utf-8")
+        return path
+
+    def run_merge(self, *paths: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, Path]:
+        out = self.tmp / "merged.json"
+        argv = [a for p in paths for a in ("--merge", str(p))] + ["--out", str(out), *extra]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = self.bench.main(argv)
+        return rc, err.getvalue(), out
+
+    def test_merged_summary_is_the_summary_of_all_runs(self) -> None:
+        a = self.measurement("a", [1, 2], [0.4, 0.6])
+        b = self.measurement("b", [3, 4, 5], [0.5, 0.7, 0.3])
+        rc, _, out = self.run_merge(a, b, extra=("--label", "ten"))
+        self.assertEqual(rc, 0)
+        merged = json.loads(out.read_text(encoding="utf-8"))
+        self.assertEqual((merged["label"], merged["seeds"]), ("ten", [1, 2, 3, 4, 5]))
+        finals = [0.4, 0.6, 0.5, 0.7, 0.3]
+        rel = [f / 2.0 for f in finals]  # the rows' constant baseline is 2.0
+        stats = merged["summary"]["final_rel"]
+        mean = sum(rel) / 5
+        sd = math.sqrt(sum((x - mean) ** 2 for x in rel) / 4)
+        self.assertAlmostEqual(stats["mean"], mean)
+        self.assertAlmostEqual(stats["sd"], sd)
+        self.assertAlmostEqual(stats["cv"], sd / mean)
+        self.assertEqual(merged["summary"]["runs"], 5)
+        self.assertEqual(merged["merged_from"], [str(a), str(b)])
+
+    def test_different_recipes_or_repeated_seeds_are_refused_in_one_line(self) -> None:
+        a = self.measurement("a", [1, 2], [0.4, 0.6])
+        cases = {
+            "overrides": self.measurement(
+                "lr", [3], [0.5], overrides=["training.learning_rate=1e-4"]
+            ),
+            "epochs": self.measurement("ep", [3], [0.5], epochs=6),
+            "seeds": self.measurement("dup", [2, 3], [0.5, 0.5]),
+        }
+        for key, other in cases.items():
+            with self.subTest(key=key):
+                rc, err, out = self.run_merge(a, other)
+                self.assertEqual(rc, 2)
+                self.assertEqual(len(err.strip().splitlines()), 1, err)
+                self.assertTrue(err.startswith(f"{other}: {key}: "), err)
+                self.assertFalse(out.exists())
+
+    def test_merge_takes_nothing_else(self) -> None:
+        a = self.measurement("a", [1], [0.4])
+        rc, err, _ = self.run_merge(a, extra=("--set", "training.epochs=3"))
+        self.assertEqual(rc, 2)
+        self.assertIn("--merge", err)
 
 
 class TestGpuChecksScript(unittest.TestCase):
