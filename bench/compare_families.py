@@ -1,7 +1,7 @@
 """EED vs LFADS on the demo suite at equal budget, each search verified with new seeds.
 
     python bench/compare_families.py run CELL [--storage DIR] [--epochs E]   # one cell
-    python bench/compare_families.py table [--storage DIR] [--out FILE.json]  # gather the cells
+    python bench/compare_families.py table [--storage DIR] [--previous FILE.json] [--out FILE.json]
 
 Why: the lab's question is not only which EED recipe is best but whether EED recovers the
 dynamics from staggered data better than the field's standard latent-dynamics model. Each cell
@@ -210,8 +210,31 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: 6)")
     t = sub.add_parser("table", help="gather the verified cells into JSON and a markdown table")
     t.add_argument("--storage", type=Path, default=Path("ray_results/families"))
+    t.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="a table JSON of earlier cells: those not in --storage are carried over as they are",
+    )
     t.add_argument("--out", type=Path, default=None)
     return p
+
+
+def previous_cells(path: Path | None, present: set[str]) -> list[dict[str, Any]]:
+    """The cells of an earlier table that this storage does not hold (run on another machine)."""
+    if path is None:
+        return []
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserInputError(path, "cells", f"not a family table: {exc}") from None
+    out = []
+    for row in cells:
+        if not isinstance(row, dict) or row.get("cell") not in CELLS:
+            raise UserInputError(path, "cells", f"unknown cell {row!r:.60}")
+        if row["cell"] not in present:
+            out.append({**row, "carried_from": str(path)})
+    return out
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -221,7 +244,13 @@ def _main(argv: Sequence[str] | None) -> int:
         cmd = search_command(args.cell, storage, args.epochs)
         print("$", " ".join(cmd), flush=True)
         return subprocess.run(cmd, cwd=REPO, check=False).returncode
-    rows = [cell_summary(n, storage) for n in CELLS if (storage / n / "verified.parquet").is_file()]
+    here = {n for n in CELLS if (storage / n / "verified.parquet").is_file()}
+    carried = {r["cell"]: r for r in previous_cells(args.previous, here)}
+    rows = [
+        cell_summary(n, storage) if n in here else carried[n]
+        for n in CELLS
+        if n in here | set(carried)
+    ]
     if not rows:
         raise UserInputError(storage, None, "no verified cell here (run `compare_families.py run`)")
     emit_json({"objective": OBJECTIVE, "seeds_per_config": VERIFY_SEEDS, "cells": rows}, args.out)

@@ -8,9 +8,12 @@ causal start frame that LFADS is held to.
 
 from __future__ import annotations
 
+import json
+import tempfile
 import unittest
 from pathlib import Path
 
+from latent_tune.errors import UserInputError
 from latent_tune.tune.resolve import resolve
 from latent_tune.tune.space import find_space_file, load_space
 from tests.test_bench_smoke import load_bench
@@ -48,6 +51,34 @@ class TestCells(unittest.TestCase):
                 self.assertEqual(cfg.acquisition.interpolation, "hold")
                 self.assertEqual(cfg.training.ema_decay, 0.0)
                 self.assertEqual(cfg.training.lr_schedule.type, "constant")
+
+
+class TestPreviousCells(unittest.TestCase):
+    """`table --previous`: cells measured elsewhere join the table unless re-run here."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.bench = load_bench("compare_families")
+
+    def test_cells_not_in_storage_are_carried_over_and_marked(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "families.json"
+            rows = [{"cell": "eed_tu20", "best_mean": 0.06}, {"cell": "lfads_tu20"}]
+            path.write_text(json.dumps({"cells": rows}), encoding="utf-8")
+            carried = self.bench.previous_cells(path, present={"lfads_tu20"})
+            self.assertEqual([r["cell"] for r in carried], ["eed_tu20"])
+            self.assertEqual(carried[0]["best_mean"], 0.06)
+            self.assertEqual(carried[0]["carried_from"], str(path))
+            self.assertEqual(self.bench.previous_cells(None, present=set()), [])
+
+    def test_a_file_that_is_no_table_is_one_line(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for text in ("not json", json.dumps({"cells": [{"cell": "eed_tu99"}]})):
+                path = Path(tmp) / "bad.json"
+                path.write_text(text, encoding="utf-8")
+                with self.subTest(text=text), self.assertRaises(UserInputError) as err:
+                    self.bench.previous_cells(path, present=set())
+                self.assertTrue(str(err.exception).startswith(f"{path}: cells: "))
 
 
 if __name__ == "__main__":
