@@ -150,7 +150,6 @@ def cell_summary(name: str, storage: Path) -> dict[str, Any]:
         )
     runs = verify_runs(exp)
     mine = runs[runs["config_id"] == str(win["trial_id"])]
-    cv = [c for c in mine.columns if c.startswith("cv_") and c.endswith("_rollout_mse")]
 
     def stat(col: str) -> list[float]:
         return [float(x) for x in mine[col]] if col in mine else []
@@ -168,7 +167,6 @@ def cell_summary(name: str, storage: Path) -> dict[str, Any]:
         "intervening_sd": inter[1] if cell.tu > 1 else math.nan,
         "constant": float(np.nanmean(stat("constant_rollout_mse"))),
         "linear": float(np.nanmean(stat("linear_rollout_mse"))),
-        "per_dataset_final": {c: _mean_sd(stat(c))[0] for c in cv},
         "search_value": float(win.get("search_value", math.nan)),
         "params": param_count(exp / "best" / "config.yaml"),
         "s_per_epoch": float(np.nanmean(stat("epoch_duration"))),
